@@ -1,0 +1,177 @@
+"""The `bitqnn` command: prove, check, run, bench.
+
+Exit codes (documented in the README): 0 every property proved; 10 some property
+falsified; 20 none falsified but some unknown; 2 bad input (spec, model, sample, flags);
+3 internal error, including a counterexample that failed replay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bitqnn.engines.registry import ENGINE_NAMES
+from bitqnn.outcome import Verdict
+
+EXIT_PROVED, EXIT_FALSIFIED, EXIT_UNKNOWN, EXIT_INPUT, EXIT_INTERNAL = 0, 10, 20, 2, 3
+
+
+class InputError(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+
+def _compile(path: str):
+    from bitqnn.spec import SpecError, compile_spec
+
+    try:
+        return compile_spec(path, engines=ENGINE_NAMES)
+    except SpecError as error:
+        raise InputError(error.render()) from error
+
+
+def cmd_prove(args: argparse.Namespace) -> int:
+    from bitqnn import report
+    from bitqnn.verify import verify
+
+    obligations = _compile(args.spec)
+    if args.smtlib:
+        _export_smtlib(obligations, Path(args.smtlib))
+    results = []
+    for number, obligation in enumerate(obligations, start=1):
+        engine = args.engine or obligation.options["engine"]
+        timeout = args.timeout or obligation.options["timeout"]
+        print(f"[{number}/{len(obligations)}] {obligation.query.label} ({engine}, {timeout:g}s) ...",
+              file=sys.stderr, flush=True)
+        results.append(verify(obligation.query, engine, timeout, args.workers))
+    semantics = [o.query.network.describe() for o in obligations]
+    if args.json:
+        print(report.to_json(results, semantics))
+    else:
+        print(report.table(results, semantics))
+    if args.vnncomp:
+        for path in report.write_vnncomp(results, Path(args.vnncomp)):
+            print(f"wrote {path}", file=sys.stderr)
+    verdicts = {r.verdict for r in results}
+    if Verdict.FALSIFIED in verdicts:
+        return EXIT_FALSIFIED
+    return EXIT_UNKNOWN if Verdict.UNKNOWN in verdicts else EXIT_PROVED
+
+
+def _export_smtlib(obligations, target: Path) -> None:
+    from bitqnn.encode.bitvector import export_smtlib
+
+    for number, obligation in enumerate(obligations, start=1):
+        path = target if len(obligations) == 1 else target.with_suffix(f".{number}{target.suffix}")
+        export_smtlib(obligation.query, path)
+        print(f"wrote {path}", file=sys.stderr)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    obligations = _compile(args.spec)
+    for obligation in obligations:
+        query = obligation.query
+        print(f"ok  {query.label}: {obligation.kind}, {query.network.name}, "
+              f"{query.region.points} input points, {len(query.violation.terms)} case(s), "
+              f"engine {obligation.options['engine']}, timeout {obligation.options['timeout']:g}s")
+    print(f"{args.spec}: {len(obligations)} propert{'y' if len(obligations) == 1 else 'ies'} checked")
+    return EXIT_PROVED
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bitqnn.onnx_io import OnnxImportError, load_qnn
+    from bitqnn.qnn import trace
+    from bitqnn.samples import SampleError, load_samples
+
+    try:
+        qnn = load_qnn(args.model)
+    except OnnxImportError as error:
+        raise InputError(str(error)) from error
+    try:
+        samples = load_samples(Path(args.sample), key=args.key)
+    except SampleError as error:
+        raise InputError(f"{args.sample}: {error}") from error
+    index = 0 if args.index is None else args.index
+    if not 0 <= index < len(samples):
+        raise InputError(f"{args.sample}: index {index} is out of range; the file holds {len(samples)} samples")
+    real = samples[index]
+    if real.size != qnn.input_size:
+        raise InputError(f"{args.sample}: sample has {real.size} values, {args.model} expects {qnn.input_size}")
+    x = qnn.quantize_input(real.reshape(-1))
+    np.set_printoptions(linewidth=120, threshold=64)
+    print(f"{qnn.describe()}")
+    print(f"input (integers, scale {qnn.input_scale:g}, zero {qnn.input_zero}): {x}")
+    for step in trace(qnn, x):
+        print(f"layer {step.layer} {step.kind}:")
+        if step.accumulator is not None:
+            print(f"  accumulator: {step.accumulator}")
+        print(f"  output:      {step.output}")
+    outputs = step.output
+    print(f"real outputs: {np.round(qnn.dequantize_output(outputs), 6)}  argmax {int(np.argmax(outputs))}")
+    return EXIT_PROVED
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bitqnn.bench import run_benchmark
+
+    return run_benchmark(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bitqnn", description="Bit-precise verification of quantized networks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    prove = sub.add_parser("prove", help="prove or refute every property in a .qspec file")
+    prove.add_argument("spec")
+    prove.add_argument("--engine", choices=ENGINE_NAMES, help="override the spec's engine")
+    prove.add_argument("--timeout", type=float, help="seconds per property, overriding the spec")
+    prove.add_argument("--workers", type=int, default=2, help="CP-SAT search workers (default 2)")
+    prove.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    prove.add_argument("--vnncomp", metavar="DIR", help="write VNN-COMP result files into DIR")
+    prove.add_argument("--smtlib", metavar="FILE", help="also export each query as SMT-LIB2 (QF_BV)")
+    prove.set_defaults(run=cmd_prove)
+    check = sub.add_parser("check", help="parse and validate a spec without solving")
+    check.add_argument("spec")
+    check.set_defaults(run=cmd_check)
+    run = sub.add_parser("run", help="run a quantized ONNX model on a sample and print the integer trace")
+    run.add_argument("model")
+    run.add_argument("--sample", required=True, help="npz, npy or csv file")
+    run.add_argument("--index", type=int, default=None)
+    run.add_argument("--key", default=None, help="array name inside an npz file")
+    run.set_defaults(run=cmd_run)
+    bench = sub.add_parser("bench", help="run a benchmark (reads ../shared/data)")
+    bench.add_argument("suite", choices=["robustness"])
+    bench.add_argument("--model", default="benchmarks/models/fashion_784_64_32.onnx")
+    bench.add_argument("--data", default="../shared/data/fashion_mnist.npz")
+    bench.add_argument("--images", type=int, default=25)
+    bench.add_argument("--radii", default="1,2,3,4")
+    bench.add_argument("--engines", default="auto,smt")
+    bench.add_argument("--timeout", type=float, default=60.0)
+    bench.add_argument("--smt-timeout", type=float, default=None,
+                       help="per-query timeout for engines other than the first (default: --timeout)")
+    bench.add_argument("--out", default="bench-results/robustness.json")
+    bench.set_defaults(run=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except InputError as error:
+        print(f"bitqnn: error: {error}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("bitqnn: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the one place every failure becomes one line
+        from bitqnn.replay import ReplayMismatch
+
+        kind = "replay mismatch" if isinstance(error, ReplayMismatch) else f"internal error ({type(error).__name__})"
+        print(f"bitqnn: {kind}: {error}", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

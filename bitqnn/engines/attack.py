@@ -1,0 +1,115 @@
+"""Cheap falsification: search for a counterexample before any exact solving.
+
+Exact engines are slowest exactly where a counterexample exists, and a local search
+finds most of those in milliseconds. The search steers by the straight-through Jacobian
+(each requantization treated as its local slope, clamps as cut-offs) and then improves
+the best point by greedy single-coordinate moves scored on the exact executor. It can
+only ever answer FALSIFIED (with a witness checked on the executor) or UNKNOWN.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from bitqnn.outcome import Outcome, Verdict
+from bitqnn.qnn import QNN, Conv2d, Dense, Lookup, MaxPool2d, execute, run_layer
+from bitqnn.query import Query, Violation
+
+
+def violation_score(violation: Violation, outputs: np.ndarray) -> np.ndarray:
+    """How close each output row is to violating: >= 0 exactly when the violation holds."""
+    outputs = np.atleast_2d(outputs).astype(np.float64)
+    best = np.full(outputs.shape[0], -np.inf)
+    for term in violation.terms:
+        worst = np.full(outputs.shape[0], np.inf)
+        for atom in term:
+            lhs = sum(c * outputs[:, i] for i, c in atom.terms)
+            worst = np.minimum(worst, lhs - atom.bound)
+        best = np.maximum(best, worst)
+    return best
+
+
+def straight_through_jacobian(qnn: QNN, x: np.ndarray) -> np.ndarray:
+    """d(outputs)/d(input) at x, with each layer replaced by its local linear behaviour."""
+    values = x.reshape(1, -1).astype(np.int64)
+    jac = np.eye(values.shape[1])
+    for index, layer in enumerate(qnn.layers):
+        out, acc = run_layer(qnn, index, values)
+        if isinstance(layer, Dense | Conv2d):
+            form = qnn.linear_form(index)
+            probe = layer.output(acc + 256, form.channels[None, :])
+            slope = (probe - out).astype(np.float64)[0] / 256.0
+            jac = (form.matrix * slope[:, None]) @ jac
+        elif isinstance(layer, MaxPool2d):
+            windows = qnn.pool_windows(index)
+            padded = np.append(values[0], np.iinfo(np.int64).min)
+            jac = jac[windows[np.arange(len(windows)), padded[windows].argmax(axis=1)]]
+        elif isinstance(layer, Lookup):
+            nxt, _ = run_layer(qnn, index, np.minimum(values + 1, layer.input_lo + layer.table.shape[1] - 1))
+            jac = jac * (nxt - out).astype(np.float64)[0][:, None]
+        values = out
+    return jac
+
+
+class AttackEngine:
+    name = "attack"
+
+    def __init__(self, budget: float = 2.0, restarts: int = 4, seed: int = 0) -> None:
+        self.budget = budget
+        self.restarts = restarts
+        self.seed = seed
+
+    def solve(self, query: Query, timeout: float) -> Outcome:
+        start = time.perf_counter()
+        deadline = start + min(timeout, self.budget)
+        rng = np.random.default_rng(self.seed)
+        lo, hi = query.region.lo, query.region.hi
+        starts = [np.clip((lo + hi) // 2, lo, hi)] + [rng.integers(lo, hi + 1) for _ in range(self.restarts - 1)]
+        evaluations = 0
+        for point in starts:
+            for term in query.violation.terms:
+                witness, used = self._descend(query, Violation((term,)), point, deadline)
+                evaluations += used
+                if witness is not None:
+                    return Outcome(Verdict.FALSIFIED, self.name, time.perf_counter() - start,
+                                   witness=witness, stats={"evaluations": evaluations})
+                if time.perf_counter() > deadline:
+                    break
+        return Outcome.unknown(self.name, time.perf_counter() - start, "no counterexample found",
+                               evaluations=evaluations)
+
+    def _descend(self, query: Query, term: Violation, point: np.ndarray, deadline: float):
+        qnn, lo, hi = query.network, query.region.lo, query.region.hi
+        x = point.copy()
+        evaluations = 0
+        # sign-gradient steps towards the box corner the surrogate prefers
+        for _ in range(3):
+            jac = straight_through_jacobian(qnn, x)
+            gradient = self._score_gradient(term, jac, execute(qnn, x)[0])
+            candidate = np.where(gradient > 0, hi, np.where(gradient < 0, lo, x))
+            if violation_score(term, execute(qnn, candidate))[0] >= violation_score(term, execute(qnn, x))[0]:
+                x = candidate
+            evaluations += 2
+        score = violation_score(term, execute(qnn, x))[0]
+        # greedy coordinate moves on the exact executor
+        while score < 0 and time.perf_counter() < deadline:
+            moves = np.concatenate([np.tile(x, (x.size, 1)), np.tile(x, (x.size, 1))])
+            moves[np.arange(x.size), np.arange(x.size)] = lo
+            moves[x.size + np.arange(x.size), np.arange(x.size)] = hi
+            scores = violation_score(term, execute(qnn, moves))
+            evaluations += len(moves)
+            best = int(np.argmax(scores))
+            if scores[best] <= score:
+                break
+            x, score = moves[best], scores[best]
+        if score >= 0:
+            return x, evaluations
+        return None, evaluations
+
+    @staticmethod
+    def _score_gradient(term: Violation, jac: np.ndarray, outputs: np.ndarray) -> np.ndarray:
+        """Gradient of the left-hand side of the atom furthest from holding."""
+        atom = min(term.terms[0], key=lambda a: sum(c * int(outputs[i]) for i, c in a.terms) - a.bound)
+        return sum(c * jac[i] for i, c in atom.terms)

@@ -1,0 +1,38 @@
+"""Engines by name: the one place the CLI, the spec checker and the benchmark look them up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bitqnn.engines.attack import AttackEngine
+from bitqnn.engines.cpsat import CpSatEngine
+from bitqnn.engines.enumeration import EnumerationEngine
+from bitqnn.engines.portfolio import SequentialPortfolio, Stage
+
+
+def _smt():
+    from bitqnn.engines.smt import SmtEngine  # z3 loads only when asked for
+
+    return SmtEngine()
+
+
+def _auto(workers: int):
+    return SequentialPortfolio("auto", [Stage(AttackEngine(budget=2.0), share=0.1),
+                                        Stage(CpSatEngine(workers=workers))])
+
+
+FACTORIES: dict[str, Callable[[int], object]] = {
+    "auto": _auto,
+    "cpsat": lambda workers: CpSatEngine(workers=workers),
+    "smt": lambda workers: _smt(),
+    "attack": lambda workers: AttackEngine(),
+    "enumerate": lambda workers: EnumerationEngine(),
+}
+
+ENGINE_NAMES = tuple(FACTORIES)
+
+
+def make_engine(name: str, workers: int = 2):
+    if name not in FACTORIES:
+        raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINE_NAMES)}")
+    return FACTORIES[name](workers)

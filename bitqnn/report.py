@@ -1,0 +1,70 @@
+"""Rendering results: a table for people, JSON for programs, VNN-COMP files for tools."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from bitqnn.outcome import Verdict
+from bitqnn.verify import Result, summarize
+
+VERDICT_WORDS = {Verdict.PROVED: "PROVED", Verdict.FALSIFIED: "FALSIFIED", Verdict.UNKNOWN: "UNKNOWN"}
+
+
+def _detail(result: Result) -> str:
+    if result.verdict is Verdict.FALSIFIED:
+        where = "reference executor" + (" and onnxruntime" if result.onnxruntime_checked else "")
+        return f"counterexample replayed on the {where}; outputs {result.outputs}"
+    if result.verdict is Verdict.UNKNOWN:
+        return result.reason
+    stats = result.stats
+    if "terms_after_bounds" in stats:
+        return f"{stats['terms'] - stats['terms_after_bounds']} of {stats['terms']} cases by bounds"
+    return ""
+
+
+def table(results: list[Result], semantics: list[str]) -> str:
+    rows = [("property", "verdict", "time", "engine", "detail")]
+    for result in results:
+        rows.append((result.label, VERDICT_WORDS[result.verdict], f"{result.seconds:.2f}s",
+                     result.engine, _detail(result)))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(widths[i]) if i < 4 else cell for i, cell in enumerate(row)).rstrip()
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths) + "  ------")
+    counts = summarize(results)
+    lines.append("")
+    lines.append(", ".join(f"{n} {word.lower()}" for word, n in counts.items()))
+    for line in sorted(set(semantics)):
+        lines.append(f"semantics: {line}")
+    for result in results:
+        if result.verdict is Verdict.FALSIFIED:
+            lines.append(f"counterexample for {result.label}:")
+            lines.append(f"  input (integers): {result.witness}")
+    return "\n".join(lines)
+
+
+def to_json(results: list[Result], semantics: list[str]) -> str:
+    payload = {"summary": summarize(results), "semantics": sorted(set(semantics)),
+               "results": [dict(asdict(r), verdict=r.verdict.value) for r in results]}
+    return json.dumps(payload, indent=2)
+
+
+def write_vnncomp(results: list[Result], folder: Path) -> list[Path]:
+    """One file per property: 'sat' with ((X_i v) ... (Y_j v)), 'unsat', or 'unknown'/'timeout'."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for number, result in enumerate(results, start=1):
+        if result.verdict is Verdict.PROVED:
+            text = "unsat\n"
+        elif result.verdict is Verdict.UNKNOWN:
+            text = ("timeout" if "timeout" in result.reason else "unknown") + "\n"
+        else:
+            pairs = [f"(X_{i} {v!r})" for i, v in enumerate(result.witness_real)]
+            pairs += [f"(Y_{j} {v!r})" for j, v in enumerate(result.outputs_real)]
+            text = "sat\n(" + "\n".join(pairs) + ")\n"
+        path = folder / f"property_{number}.txt"
+        path.write_text(text)
+        written.append(path)
+    return written

@@ -1,0 +1,275 @@
+"""The .qspec AST: typed, frozen, and free of Lark.
+
+Every node carries the position it was written at, so that any later stage (name
+resolution, region checks, output indices) can point its error at the exact token
+without going back to the parse tree. Values stay as written (numbers are exact
+Fractions): interpretation, units and ranges are the compiler's business.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Pos:
+    """Where a node starts: 1-based line and column in a named file."""
+
+    file: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+# ---- atoms ----
+
+
+@dataclass(frozen=True)
+class Ident:
+    """A use or definition of a name (network, point or region)."""
+
+    name: str
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Number:
+    """A decimal literal, kept exact: 0.1 is 1/10, not the nearest float."""
+
+    value: Fraction
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Word:
+    """A bare word used as an option value, e.g. half_even or cpsat."""
+
+    text: str
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class String:
+    """A double-quoted string without its quotes (file paths, npz keys)."""
+
+    text: str
+    pos: Pos
+
+
+Value = Number | Word | String
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    value: Value
+    pos: Pos
+
+
+# ---- points and regions ----
+
+
+@dataclass(frozen=True)
+class Vector:
+    values: tuple[Number, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One row of a sample file; index None means the file holds exactly one sample."""
+
+    path: String
+    key: String | None
+    index: Number | None
+    pos: Pos
+
+
+Point = Ident | Vector | Sample
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """A scalar or per-dimension amount; `real` marks real input units instead of grid steps."""
+
+    value: Number | Vector
+    real: bool
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Linf:
+    center: Point
+    radius: Quantity
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class BoxRegion:
+    """Absolute real bounds (center None) or offsets around a centre point."""
+
+    center: Point | None
+    lo: Quantity
+    hi: Quantity
+    pos: Pos
+
+
+RegionExpr = Linf | BoxRegion
+RegionUse = Ident | Linf | BoxRegion
+
+
+# ---- linear formulas over real outputs ----
+
+
+@dataclass(frozen=True)
+class Output:
+    """y[index]: one flat output of the network, in real (dequantized) units."""
+
+    index: Number
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Term:
+    """coeff * y[i], or the constant coeff when output is None; the sign is folded in."""
+
+    coeff: Fraction
+    output: Output | None
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Comparison:
+    left: tuple[Term, ...]
+    op: Literal[">=", ">", "<=", "<"]
+    right: tuple[Term, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class AllOf:
+    parts: tuple[Formula, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    parts: tuple[Formula, ...]
+    pos: Pos
+
+
+Formula = Comparison | AllOf | AnyOf
+
+
+# ---- properties ----
+
+
+@dataclass(frozen=True)
+class Robust:
+    network: Ident
+    region: RegionUse
+    label: Number | None
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Targeted:
+    network: Ident
+    region: RegionUse
+    target: Number
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class LinearProperty:
+    network: Ident
+    region: RegionUse
+    formula: Formula
+    pos: Pos
+
+
+Property = Robust | Targeted | LinearProperty
+
+
+# ---- networks ----
+
+
+@dataclass(frozen=True)
+class Onnx:
+    path: String
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class LayerOverride:
+    """layer N (...): options for the N-th linear layer only."""
+
+    index: Number
+    options: tuple[Option, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Quantize:
+    """quantize BASE with fixed(...): post-training fixed-point quantization."""
+
+    base: Ident
+    options: tuple[Option, ...]
+    layers: tuple[LayerOverride, ...]
+    pos: Pos
+
+
+# ---- statements ----
+
+
+@dataclass(frozen=True)
+class OptionsStmt:
+    options: tuple[Option, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class NetworkStmt:
+    name: Ident
+    source: Onnx | Quantize
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class LetStmt:
+    name: Ident
+    point: Point
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class RegionStmt:
+    name: Ident
+    region: RegionExpr
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class ProveStmt:
+    """`text` is the property as written (comments dropped, spaces collapsed), for labels."""
+
+    prop: Property
+    options: tuple[Option, ...]
+    text: str
+    pos: Pos
+
+
+Statement = OptionsStmt | NetworkStmt | LetStmt | RegionStmt | ProveStmt
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A parsed spec; `source` is kept so that later errors can show the offending line."""
+
+    file: str
+    statements: tuple[Statement, ...]
+    source: str

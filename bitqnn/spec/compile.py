@@ -1,0 +1,198 @@
+"""Spec -> proof obligations: names resolved, files read, every check done before solving.
+
+Statements are compiled in order, so a name must be defined before it is used; the
+`options` statements are the exception, applying to the whole spec wherever they stand.
+Each `prove` becomes one Obligation: a Query (network, integer input box, violation in
+DNF) plus the engine options that apply to it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from bitqnn.floatnet import FloatNetwork
+from bitqnn.properties import robust_violation, targeted_violation
+from bitqnn.qnn import QNN, execute
+from bitqnn.query import Query, Violation
+from bitqnn.spec import ast
+from bitqnn.spec.errors import SpecError
+from bitqnn.spec.files import read_sample
+from bitqnn.spec.linear import linear_violation
+from bitqnn.spec.networks import load_onnx, quantize
+from bitqnn.spec.options import POSITIVE, WORD, OptionKind, choice, read_options
+from bitqnn.spec.parser import parse_spec
+from bitqnn.spec.regions import Region, resolve
+
+DEFAULT_OPTIONS: dict[str, object] = {"timeout": 60.0, "engine": "auto", "tiebreak": "strict"}
+ENGINE_OPTIONS = ("timeout", "engine")  # what travels with the query; tiebreak is part of the property
+
+Kind = Literal["robust", "targeted", "linear"]
+
+
+@dataclass(frozen=True, eq=False)
+class Obligation:
+    """One `prove` statement, ready for an engine.
+
+    `text` is the property as written, `options` holds timeout (seconds) and engine.
+    """
+
+    text: str
+    pos: ast.Pos
+    kind: Kind
+    query: Query
+    options: dict
+
+
+def compile_spec(path: str | Path, *, engines: Collection[str] | None = None) -> list[Obligation]:
+    """Compile a spec file; `engines`, when given, is the set of valid engine names."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError(f"cannot read the spec: {err}", ast.Pos(str(path), 0, 0)) from err
+    return compile_text(text, str(path), engines=engines)
+
+
+def compile_text(text: str, filename: str, *, engines: Collection[str] | None = None) -> list[Obligation]:
+    """Compile spec text as if it were the file `filename` (paths resolve next to it)."""
+    spec = parse_spec(text, filename)
+    try:
+        return _Compiler(spec, Path(filename).parent, engines).run()
+    except SpecError as err:
+        err.with_source(text)
+        raise
+
+
+class _Scope:
+    """One namespace for networks, points and regions, so a name means one thing."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[str, object, ast.Pos]] = {}
+
+    def define(self, name: ast.Ident, kind: str, value: object) -> None:
+        if name.name in self._entries:
+            other, _, pos = self._entries[name.name]
+            raise SpecError(f"'{name.name}' is already defined as a {other} on line {pos.line}", name.pos)
+        self._entries[name.name] = (kind, value, name.pos)
+
+    def get(self, name: ast.Ident, kind: str) -> object:
+        entry = self._entries.get(name.name)
+        if entry is None:
+            raise SpecError(f"unknown {kind} '{name.name}'; {self._known(name.name, kind)}", name.pos)
+        if entry[0] != kind:
+            raise SpecError(f"'{name.name}' is a {entry[0]}, not a {kind}", name.pos)
+        return entry[1]
+
+    def _known(self, name: str, kind: str) -> str:
+        same_kind = [n for n, (k, _, _) in self._entries.items() if k == kind]
+        close = difflib.get_close_matches(name, same_kind, n=1, cutoff=0.5)
+        if close:
+            return f"did you mean '{close[0]}'?"
+        if same_kind:
+            return f"the {kind}s defined above are {', '.join(same_kind)}"
+        return f"no {kind} is defined above"
+
+
+class _Compiler:
+    def __init__(self, spec: ast.Spec, base_dir: Path, engines: Collection[str] | None) -> None:
+        self.spec = spec
+        self.base_dir = base_dir
+        self.scope = _Scope()
+        self.schema: dict[str, OptionKind] = {
+            "timeout": POSITIVE,
+            "engine": WORD if engines is None else choice(*engines),
+            "tiebreak": choice("strict", "lowest_index"),
+        }
+
+    def run(self) -> list[Obligation]:
+        statements = self.spec.statements
+        spec_options = [o for s in statements if isinstance(s, ast.OptionsStmt) for o in s.options]
+        defaults = {**DEFAULT_OPTIONS, **read_options(spec_options, self.schema, "options")}
+        obligations = []
+        for statement in statements:
+            if isinstance(statement, ast.NetworkStmt):
+                self.scope.define(statement.name, "network", self._network(statement.source))
+            elif isinstance(statement, ast.LetStmt):
+                self.scope.define(statement.name, "point", self._point(statement.point))
+            elif isinstance(statement, ast.RegionStmt):
+                self.scope.define(statement.name, "region", self._region(statement.region))
+            elif isinstance(statement, ast.ProveStmt):
+                obligations.append(self._prove(statement, defaults))
+        return obligations
+
+    def _network(self, source: ast.Onnx | ast.Quantize) -> QNN | FloatNetwork:
+        if isinstance(source, ast.Onnx):
+            return load_onnx(source, self.base_dir)
+        return quantize(source, self.scope.get(source.base, "network"), self.base_dir)
+
+    def _point(self, point: ast.Point) -> np.ndarray:
+        if isinstance(point, ast.Ident):
+            return self.scope.get(point, "point")
+        if isinstance(point, ast.Vector):
+            return np.array([float(n.value) for n in point.values], dtype=np.float64)
+        return read_sample(point, self.base_dir)
+
+    def _region(self, region: ast.RegionUse) -> Region:
+        if isinstance(region, ast.Ident):
+            return self.scope.get(region, "region")
+        return resolve(region, None if region.center is None else self._point(region.center))
+
+    def _prove(self, statement: ast.ProveStmt, defaults: dict[str, object]) -> Obligation:
+        prop = statement.prop
+        network = self.scope.get(prop.network, "network")
+        if not isinstance(network, QNN):
+            raise SpecError(f"'{prop.network.name}' is a float network; prove needs a quantized one "
+                            f"(network p = quantize {prop.network.name} with fixed(...))", prop.network.pos)
+        region = self._region(prop.region)
+        box = region.box(network, prop.network.name, statement.pos)
+        own = read_options(statement.options, self.schema, "prove")
+        if isinstance(prop, ast.LinearProperty) and "tiebreak" in own:
+            tiebreak = next(o for o in statement.options if o.name == "tiebreak")
+            raise SpecError("tiebreak applies to robust and targeted only", tiebreak.pos)
+        options = {**defaults, **own}
+        kind, violation = self._violation(prop, network, region, options["tiebreak"])
+        engine_options = {name: options[name] for name in ENGINE_OPTIONS}
+        label = f"{statement.text} @ {statement.pos.file}:{statement.pos.line}"
+        return Obligation(statement.text, statement.pos, kind, Query(network, box, violation, label, engine_options),
+                          engine_options)
+
+    def _violation(self, prop: ast.Property, network: QNN, region: Region, tiebreak: str) -> tuple[Kind, Violation]:
+        name = prop.network.name
+        if isinstance(prop, ast.LinearProperty):
+            return "linear", linear_violation(prop.formula, network, name)
+        n_outputs = network.output_size
+        if n_outputs < 2:
+            raise SpecError(f"'{name}' has one output; {type(prop).__name__.lower()} needs classes to compare",
+                            prop.pos)
+        if isinstance(prop, ast.Targeted):
+            return "targeted", targeted_violation(_class(prop.target, n_outputs, name), n_outputs, tiebreak)
+        if prop.label is not None:
+            label = _class(prop.label, n_outputs, name)
+        else:
+            label = _predicted(network, region, prop, tiebreak)
+        return "robust", robust_violation(label, n_outputs, tiebreak)
+
+
+def _class(number: ast.Number, n_outputs: int, network: str) -> int:
+    value = number.value
+    if value.denominator != 1 or not 0 <= value < n_outputs:
+        raise SpecError(f"'{network}' has classes 0 to {n_outputs - 1}; there is no class {value}", number.pos)
+    return int(value)
+
+
+def _predicted(network: QNN, region: Region, prop: ast.Robust, tiebreak: str) -> int:
+    """The network's own decision at the region's centre: the default robustness label."""
+    center = region.center_on(network)
+    if center is None:
+        raise SpecError("this region has no centre point to take the label from; give label=N", prop.pos)
+    outputs = execute(network, center)[0]
+    winners = np.flatnonzero(outputs == outputs.max())
+    if tiebreak == "strict" and winners.size > 1:
+        raise SpecError(f"'{prop.network.name}' ties classes {', '.join(map(str, winners))} at the centre; "
+                        "give label=N or tiebreak=lowest_index", prop.pos)
+    return int(winners[0])

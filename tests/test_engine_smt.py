@@ -1,0 +1,215 @@
+"""The bit-vector engine against brute force, and its arithmetic against requant.py, value by value."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import z3
+
+from bitqnn.encode.bitvector import (
+    Signal,
+    export_smtlib,
+    rebias,
+    round_shift,
+    signed_width,
+    tflite_requant,
+    variable,
+)
+from bitqnn.engines.enumeration import EnumerationEngine
+from bitqnn.engines.smt import EngineDisagreement, SmtEngine, replay
+from bitqnn.outcome import Verdict
+from bitqnn.qnn import QNN, Dense, execute, wrap_to_bits
+from bitqnn.query import Box, LinearAtom, Query, Violation
+from bitqnn.requant import (
+    FixedPointMultiplierRequant,
+    OutputStage,
+    Rounding,
+    ShiftRequant,
+)
+from tests.netgen import REQUANT_KINDS, random_conv_qnn, random_dense_qnn, random_query
+
+ENUMERATION = EnumerationEngine()
+
+
+def agree(query: Query, engine: SmtEngine) -> Verdict:
+    """Both engines decide the query the same way; a FALSIFIED witness has already replayed in solve."""
+    mine, truth = engine.solve(query, 30.0), ENUMERATION.solve(query, 30.0)
+    assert mine.verdict is truth.verdict, (query.label, mine, truth)
+    return mine.verdict
+
+
+@pytest.mark.parametrize("kind", REQUANT_KINDS)
+@pytest.mark.parametrize("family", ["dense", "deep", "conv"])
+def test_matches_enumeration(kind: str, family: str) -> None:
+    engine = SmtEngine()
+    verdicts = []
+    for seed in range(14):
+        rng = np.random.default_rng([seed, REQUANT_KINDS.index(kind), len(family)])
+        if family == "conv":
+            qnn = random_conv_qnn(rng, kind)
+        else:
+            qnn = random_dense_qnn(rng, kind, (3, 4, 3) if family == "dense" else (3, 5, 4, 3))
+        radius = 1 if family == "conv" else 1 + seed % 2  # conv boxes have 9 dimensions: 3**9 points
+        verdicts.append(agree(random_query(rng, qnn, radius=radius), engine))
+    assert Verdict.UNKNOWN not in verdicts
+
+
+@pytest.mark.parametrize("kind", REQUANT_KINDS)
+def test_arith_style_matches_enumeration(kind: str) -> None:
+    engine = SmtEngine(style="arith")
+    for seed in range(8):
+        rng = np.random.default_rng([seed, REQUANT_KINDS.index(kind), 99])
+        qnn = random_conv_qnn(rng, kind) if seed % 2 else random_dense_qnn(rng, kind, (3, 5, 4, 3))
+        agree(random_query(rng, qnn, radius=1 + seed % 2), engine)
+
+
+def wrapping(qnn: QNN, bits: int, overflow: str = "wrap") -> QNN:
+    return dataclasses.replace(qnn, accumulator_bits=bits, overflow=overflow, _cache={})
+
+
+def test_wraparound_decides_a_property_that_exact_sums_never_violate() -> None:
+    # acc = 10*x0 + 7*x1 + 3 is never negative, but in 8 bits it wraps past 127
+    layer = Dense(np.array([[10, 7]]), np.zeros(1, np.int64), 0, np.array([3]), OutputStage(None))
+    qnn = QNN((2,), 0, 12, (layer,), accumulator_bits=8, overflow="wrap")
+    negative = Violation(((LinearAtom(((0, -1),), 100),),))  # y0 <= -100
+    query = Query(qnn, Box(np.zeros(2, np.int64), np.full(2, 12)), negative)
+    outcome = SmtEngine().solve(query, 10.0)
+    assert outcome.verdict is Verdict.FALSIFIED
+    assert agree(query, SmtEngine()) is Verdict.FALSIFIED
+    exact = 10 * outcome.witness[0] + 7 * outcome.witness[1] + 3
+    assert exact > 127 and execute(qnn, outcome.witness)[0, 0] == wrap_to_bits(np.array(exact), 8)
+
+
+@pytest.mark.parametrize("kind", REQUANT_KINDS)
+def test_wrapping_networks_match_enumeration(kind: str) -> None:
+    wrapped = 0
+    for seed in range(8):
+        rng = np.random.default_rng([seed, REQUANT_KINDS.index(kind), 7])
+        base = random_dense_qnn(rng, kind, (3, 5, 3))
+        query = random_query(rng, base, radius=2)
+        qnn = wrapping(base, bits=6)
+        query = Query(qnn, query.region, query.violation, query.label)
+        points = np.stack(np.meshgrid(*[np.arange(lo, hi + 1) for lo, hi in zip(query.region.lo, query.region.hi)]),
+                          axis=-1).reshape(-1, qnn.input_size)
+        exact = points @ qnn.linear_form(0).matrix.T + qnn.linear_form(0).offset
+        wrapped += bool(np.any((exact < -32) | (exact > 31)))
+        agree(query, SmtEngine())
+    assert wrapped >= 4  # the accumulators really do wrap in most of these boxes
+
+
+def test_possible_overflow_under_error_policy_is_unknown() -> None:
+    rng = np.random.default_rng(5)
+    base = random_dense_qnn(rng, "floor")
+    query = random_query(rng, base, radius=4)
+    query = Query(wrapping(base, bits=6, overflow="error"), query.region, query.violation)
+    outcome = SmtEngine().solve(query, 10.0)
+    assert outcome.verdict is Verdict.UNKNOWN
+    assert outcome.reason.startswith("accumulator overflow not excluded at layer 0 neuron")
+
+
+def test_exported_smtlib_parses_back_with_the_same_answer(tmp_path) -> None:
+    answers = set()
+    for seed in range(10):
+        rng = np.random.default_rng([seed, 42])
+        kind = REQUANT_KINDS[seed % len(REQUANT_KINDS)]
+        qnn = random_conv_qnn(rng, kind) if seed % 3 == 0 else random_dense_qnn(rng, kind)
+        query = random_query(rng, qnn, radius=2)
+        path = tmp_path / f"q{seed}.smt2"
+        export_smtlib(query, path)
+        text = path.read_text()
+        assert "(set-logic QF_BV)" in text and text.rstrip().endswith("(exit)")
+        solver = z3.Solver()
+        solver.add(z3.parse_smt2_file(str(path)))
+        expected = {Verdict.FALSIFIED: z3.sat, Verdict.PROVED: z3.unsat}[SmtEngine().solve(query, 30.0).verdict]
+        assert solver.check() == expected
+        answers.add(str(expected))
+    assert answers == {"sat", "unsat"}
+
+
+def test_zero_timeout_is_unknown() -> None:
+    rng = np.random.default_rng(3)
+    query = random_query(rng, random_dense_qnn(rng, "float32"))
+    outcome = SmtEngine().solve(query, 0.0)
+    assert outcome.verdict is Verdict.UNKNOWN and outcome.reason == "timeout"
+
+
+def test_replay_rejects_a_witness_that_does_not_violate() -> None:
+    rng = np.random.default_rng(11)
+    query = random_query(rng, random_dense_qnn(rng, "half_even"), radius=0)
+    center = query.region.lo
+    with pytest.raises(EngineDisagreement):
+        replay(query, center, "test")  # the label is the argmax at the centre, and the box is that point
+    with pytest.raises(EngineDisagreement):
+        replay(query, center - 10, "test")
+
+
+# --- the arithmetic encodings, value by value against requant.py ---------------------------------
+
+
+def evaluate(result: Signal, source: Signal, x: int) -> int:
+    """result's value when the input variable `source` equals x."""
+    var = source.term
+    term = z3.substitute(result.term, (var, z3.BitVecVal(x - source.bias, var.size(), var.ctx)))
+    return z3.simplify(term).as_signed_long() + result.bias
+
+
+def sample_points(rng: np.random.Generator, stage: OutputStage, lo: int, hi: int) -> list[int]:
+    """Both ends, random points, and both sides of some steps in a random window."""
+    points = {lo, hi, *rng.integers(lo, hi + 1, 20).tolist()}
+    start = int(rng.integers(lo, hi + 1))
+    starts, _ = stage.steps(0, start, min(hi, start + 3000))
+    starts = rng.choice(starts, min(len(starts), 15), replace=False)
+    points |= {int(s) + d for s in starts for d in (-1, 0) if lo <= s + d <= hi}
+    return sorted(points)
+
+
+def check_against_reference(rng: np.random.Generator, requant, build, lo: int, hi: int) -> None:
+    ctx = z3.Context()
+    source, _ = variable("a", lo, hi, ctx)
+    result = build(rebias(source, int(rng.integers(lo - 50, hi + 50))))  # any bias must do
+    points = sample_points(rng, OutputStage(requant), lo, hi)
+    expected = requant(np.array(points), np.zeros(len(points), np.int64))
+    got = [evaluate(result, source, x) for x in points]
+    assert got == expected.tolist()
+    assert result.lo <= min(got) and max(got) <= result.hi
+
+
+@pytest.mark.parametrize("rounding", list(Rounding))
+def test_round_shift_matches_shift_round(rounding: Rounding) -> None:
+    rng = np.random.default_rng(list(Rounding).index(rounding))
+    for _ in range(25):
+        shift = int(rng.integers(-2, 9))
+        magnitude = 1 << int(rng.integers(3, 16))
+        lo = int(rng.integers(-magnitude, magnitude))
+        hi = lo + int(rng.integers(1, magnitude))
+        check_against_reference(rng, ShiftRequant(np.array([shift]), rounding),
+                                lambda a, s=shift: round_shift(a, s, rounding), lo, hi)
+
+
+def test_tflite_requant_matches_reference_including_saturation() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        requant = FixedPointMultiplierRequant.from_real(np.array([10.0 ** rng.uniform(-5, 1.5)]))
+        m, shift = int(requant.multiplier[0]), int(requant.shift[0])
+        magnitude = 1 << int(rng.integers(4, 33))
+        lo = int(rng.integers(-magnitude, magnitude))
+        hi = lo + int(rng.integers(1, magnitude))
+        check_against_reference(rng, requant, lambda a, m=m, s=shift: tflite_requant(a, m, s), lo, hi)
+
+
+def test_gemmlowp_nudge_and_truncation_is_one_floor_shift() -> None:
+    """The identity tflite_requant rests on, proved for every product of two int32 values."""
+    ab = z3.BitVec("ab", 64)
+    nudge = z3.If(ab >= 0, z3.BitVecVal(1 << 30, 64), z3.BitVecVal(1 - (1 << 30), 64))
+    gemmlowp = (ab + nudge) / z3.BitVecVal(1 << 31, 64)  # bvsdiv truncates toward zero, as C does
+    claim = z3.Implies(z3.And(ab >= -(1 << 62), ab <= 1 << 62), gemmlowp == (ab + (1 << 30)) >> 31)
+    solver = z3.Solver()
+    solver.add(z3.Not(claim))
+    assert solver.check() == z3.unsat
+
+
+def test_signed_width() -> None:
+    assert [signed_width(lo, hi) for lo, hi in [(0, 0), (-1, 0), (0, 1), (-128, 127), (-129, 0), (0, 128)]] == \
+        [1, 1, 2, 8, 9, 9]
