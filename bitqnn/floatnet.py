@@ -7,7 +7,6 @@ networks share one notion of layout.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 import numpy as np
 
@@ -32,7 +31,7 @@ class FloatConv2d:
     clip: tuple[float, float] | None = None
 
 
-FloatLayer = Union[FloatDense, FloatConv2d, MaxPool2d, Reshape]
+FloatLayer = FloatDense | FloatConv2d | MaxPool2d | Reshape
 RELU = (0.0, float("inf"))
 
 

@@ -9,7 +9,7 @@ witness is replayed here, and every other semantics is tested against it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 
@@ -67,8 +67,8 @@ class Lookup:
     input_lo: int
 
 
-Layer = Union[Dense, Conv2d, MaxPool2d, Reshape, Lookup]
-LinearLayer = Union[Dense, Conv2d]
+Layer = Dense | Conv2d | MaxPool2d | Reshape | Lookup
+LinearLayer = Dense | Conv2d
 
 
 class AccumulatorOverflow(ArithmeticError):
@@ -172,7 +172,7 @@ class QNN:
         return np.repeat(np.arange(shape[0]), int(np.prod(shape[1:])))
 
     def describe(self) -> str:
-        return f"{self.name}: {len(self.layers)} layers, {self.semantics} semantics"
+        return f"{self.name}: {len(self.layers)} layers; semantics: {self.semantics}"
 
 
 def _conv_out(size: int, kernel: int, stride: int, pad_a: int, pad_b: int, dilation: int) -> int:

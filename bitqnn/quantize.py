@@ -88,7 +88,7 @@ def _float_interval_maxima(net: FloatNetwork, lo: float, hi: float) -> list[floa
     n = int(np.prod(net.input_shape))
     low, high = np.full(n, lo), np.full(n, hi)
     maxima = []
-    for layer, shape in zip(net.layers, net.shapes, strict=False):
+    for layer in net.layers:
         if isinstance(layer, FloatDense):
             pos, neg = np.maximum(layer.weight, 0), np.minimum(layer.weight, 0)
             low, high = pos @ low + neg @ high + layer.bias, pos @ high + neg @ low + layer.bias
@@ -134,7 +134,7 @@ def quantize_fixed_point(net: FloatNetwork, config: FixedPointConfig,
         layers=tuple(layers), input_scale=2.0**-config.input_frac, input_zero=0,
         output_scale=np.array([2.0**-output_frac]), output_zero=0,
         accumulator_bits=32, overflow="error", input_rounding=config.weight_rounding,
-        semantics=config.describe(), name=f"{net.name} ({config.describe()})")
+        semantics=config.describe(), name=f"{net.name} quantized")
 
 
 def _quantize_linear(layer: FloatDense | FloatConv2d, settings: LayerConfig, config: FixedPointConfig,

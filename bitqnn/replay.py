@@ -26,7 +26,8 @@ class Replay:
     onnxruntime_checked: bool
 
 
-def replay(query: Query, witness: np.ndarray, engine: str) -> Replay:
+def check_on_executor(query: Query, witness: np.ndarray, engine: str) -> np.ndarray:
+    """The witness's outputs on the reference executor; raises unless it is a real counterexample."""
     x = np.asarray(witness, dtype=np.int64).reshape(-1)
     if not query.region.contains(x):
         raise ReplayMismatch(f"{query.label}: engine {engine} returned a witness outside the region")
@@ -34,6 +35,12 @@ def replay(query: Query, witness: np.ndarray, engine: str) -> Replay:
     if not query.violation.holds(outputs)[0]:
         raise ReplayMismatch(f"{query.label}: engine {engine} returned a witness that does not violate "
                              f"the property on the reference executor (outputs {outputs.tolist()})")
+    return outputs
+
+
+def replay(query: Query, witness: np.ndarray, engine: str) -> Replay:
+    x = np.asarray(witness, dtype=np.int64).reshape(-1)
+    outputs = check_on_executor(query, x, engine)
     checked = False
     if query.network.onnx_path is not None:
         from bitqnn.onnx_io import run_onnxruntime

@@ -53,10 +53,8 @@ def random_dense_qnn(rng: np.random.Generator, kind: str, sizes: tuple[int, ...]
         bias = rng.integers(-20, 20, n_out)
         span = int(np.abs(weight - wz.reshape(-1, 1)).sum(axis=1).max()) * span_in
         last = i == len(sizes) - 2
-        if last and rng.random() < 0.4:
-            stage = OutputStage(None)
-        else:
-            stage = random_stage(rng, kind, n_out, span, signed=last)
+        keep_accumulator = last and rng.random() < 0.4
+        stage = OutputStage(None) if keep_accumulator else random_stage(rng, kind, n_out, span, signed=last)
         layers.append(Dense(weight, wz.astype(np.int64), xz, bias, stage))
         span_in = 16
     if rng.random() < 0.3:  # an elementwise lookup between two layers

@@ -155,7 +155,7 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
 
 
 def float_extras_model(rng: np.random.Generator) -> onnx.ModelProto:
-    """Less common float spellings: SAME padding, strided conv, bias by Add, Relu after MaxPool, Reshape, Gemm attributes."""
+    """Less common float spellings: SAME padding, strides, an Add bias, Relu after MaxPool, Reshape, Gemm attributes."""
     inits = [_tensor("conv_w", rng.normal(0, 0.5, (2, 1, 3, 3))), _tensor("conv_b", rng.normal(0, 0.3, (1, 2, 1, 1))),
              _tensor("fc_w", rng.normal(0, 0.3, (18, 3))), _tensor("fc_b", rng.normal(0, 0.3, 3)),
              numpy_helper.from_array(np.array([0, -1], np.int64), "flat")]
@@ -171,7 +171,8 @@ def float_extras_model(rng: np.random.Generator) -> onnx.ModelProto:
 
 def cnn_with_add_model(rng: np.random.Generator, gain: float = 1.0) -> onnx.ModelProto:
     """Conv without bias, a per-channel Add, Relu, MaxPool and a Reshape: QLinearAdd on a feature map."""
-    inits = [_tensor("conv_w", rng.normal(0, 0.4 * gain, (3, 1, 3, 3))), _tensor("conv_b", rng.normal(0, 0.3, (3, 1, 1))),
+    inits = [_tensor("conv_w", rng.normal(0, 0.4 * gain, (3, 1, 3, 3))),
+             _tensor("conv_b", rng.normal(0, 0.3, (3, 1, 1))),
              _tensor("fc_w", rng.normal(0, 0.3 * gain, (5, 27))), _tensor("fc_b", rng.normal(0, 0.2, 5)),
              numpy_helper.from_array(np.array([-1, 27], np.int64), "flat")]
     nodes = [helper.make_node("Conv", ["input", "conv_w"], ["c"], name="conv", pads=[1, 1, 1, 1]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import numpy as np
 import pytest
@@ -17,11 +18,13 @@ from bitqnn.encode.bitvector import (
     tflite_requant,
     variable,
 )
+from bitqnn.engines import smt
 from bitqnn.engines.enumeration import EnumerationEngine
-from bitqnn.engines.smt import EngineDisagreement, SmtEngine, replay
+from bitqnn.engines.smt import YICES, SmtEngine
 from bitqnn.outcome import Verdict
 from bitqnn.qnn import QNN, Dense, execute, wrap_to_bits
 from bitqnn.query import Box, LinearAtom, Query, Violation
+from bitqnn.replay import ReplayMismatch, check_on_executor
 from bitqnn.requant import (
     FixedPointMultiplierRequant,
     OutputStage,
@@ -63,6 +66,50 @@ def test_arith_style_matches_enumeration(kind: str) -> None:
         rng = np.random.default_rng([seed, REQUANT_KINDS.index(kind), 99])
         qnn = random_conv_qnn(rng, kind) if seed % 2 else random_dense_qnn(rng, kind, (3, 5, 4, 3))
         agree(random_query(rng, qnn, radius=1 + seed % 2), engine)
+
+
+needs_yices = pytest.mark.skipif(shutil.which(YICES) is None, reason="yices-smt2 not installed")
+
+
+@needs_yices
+@pytest.mark.parametrize("kind", REQUANT_KINDS)
+def test_yices_backend_matches_enumeration(kind: str) -> None:
+    engine = SmtEngine(backend="yices")
+    for seed in range(10):
+        rng = np.random.default_rng([seed, REQUANT_KINDS.index(kind), 17])
+        qnn = random_conv_qnn(rng, kind) if seed % 3 == 0 else random_dense_qnn(rng, kind, (3, 5, 4, 3))
+        assert agree(random_query(rng, qnn, radius=1 + seed % 3 // 2), engine) is not Verdict.UNKNOWN
+
+
+@pytest.mark.parametrize("backend", ["z3", pytest.param("yices", marks=needs_yices)])
+def test_an_input_the_formula_ignores_still_decodes(backend: str) -> None:
+    # x1 has weight 0 and a box of 4 points (no range constraint), so no assertion mentions it
+    layer = Dense(np.array([[3, 0], [-2, 0]]), np.zeros(1, np.int64), 0, np.array([0, 1]), OutputStage(None))
+    qnn = QNN((2,), -8, 8, (layer,))
+    query = Query(qnn, Box(np.array([0, 2]), np.array([3, 5])), Violation(((LinearAtom(((0, 1), (1, -1)), 10),),)))
+    outcome = SmtEngine(backend=backend).solve(query, 10.0)
+    assert outcome.verdict is Verdict.FALSIFIED and query.region.contains(outcome.witness)
+
+
+def test_missing_yices_is_unknown(monkeypatch) -> None:
+    monkeypatch.setattr(smt, "YICES", "no-such-solver-binary")
+    rng = np.random.default_rng(2)
+    outcome = SmtEngine(backend="yices").solve(random_query(rng, random_dense_qnn(rng, "floor")), 10.0)
+    assert outcome.verdict is Verdict.UNKNOWN and "not found" in outcome.reason
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", REQUANT_KINDS)
+def test_arith_and_steps_agree_beyond_enumeration(kind: str) -> None:
+    """Two independent requant encodings on boxes of 7**6 points; z3 may give up on the odd one."""
+    decided = 0
+    for seed in range(3):
+        rng = np.random.default_rng([seed, REQUANT_KINDS.index(kind), 5])
+        query = random_query(rng, random_dense_qnn(rng, kind, (6, 8, 6, 4)), radius=3)
+        verdicts = {SmtEngine(style).solve(query, 20.0).verdict for style in ("steps", "arith")} - {Verdict.UNKNOWN}
+        assert len(verdicts) <= 1
+        decided += len(verdicts)
+    assert decided == 3
 
 
 def wrapping(qnn: QNN, bits: int, overflow: str = "wrap") -> QNN:
@@ -128,6 +175,19 @@ def test_exported_smtlib_parses_back_with_the_same_answer(tmp_path) -> None:
     assert answers == {"sat", "unsat"}
 
 
+def test_exported_smtlib_is_read_by_bitwuzla(tmp_path) -> None:
+    """Bitwuzla is stricter than z3 (e.g. `and` needs two operands): the export is plain SMT-LIB2."""
+    bitwuzla = pytest.importorskip("bitwuzla")
+    for seed in range(4):
+        rng = np.random.default_rng([seed, 43])
+        query = random_query(rng, random_dense_qnn(rng, REQUANT_KINDS[seed]), radius=2)
+        export_smtlib(query, tmp_path / "q.smt2")
+        parser = bitwuzla.Parser(bitwuzla.TermManager(), bitwuzla.Options())
+        parser.parse(str(tmp_path / "q.smt2"), parse_only=True)
+        expected = {Verdict.FALSIFIED: "sat", Verdict.PROVED: "unsat"}[SmtEngine().solve(query, 30.0).verdict]
+        assert str(parser.bitwuzla().check_sat()) == expected
+
+
 def test_zero_timeout_is_unknown() -> None:
     rng = np.random.default_rng(3)
     query = random_query(rng, random_dense_qnn(rng, "float32"))
@@ -139,10 +199,10 @@ def test_replay_rejects_a_witness_that_does_not_violate() -> None:
     rng = np.random.default_rng(11)
     query = random_query(rng, random_dense_qnn(rng, "half_even"), radius=0)
     center = query.region.lo
-    with pytest.raises(EngineDisagreement):
-        replay(query, center, "test")  # the label is the argmax at the centre, and the box is that point
-    with pytest.raises(EngineDisagreement):
-        replay(query, center - 10, "test")
+    with pytest.raises(ReplayMismatch):
+        check_on_executor(query, center, "test")  # the label is the argmax at the centre, and the box is that point
+    with pytest.raises(ReplayMismatch):
+        check_on_executor(query, center - 10, "test")
 
 
 # --- the arithmetic encodings, value by value against requant.py ---------------------------------

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import onnx
 import pytest
@@ -12,8 +10,6 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from bitqnn.onnx_io import OnnxImportError, load_float, load_model, load_qnn
 from tests.onnx_models import float_model, graph_model, quantized_model, save
-
-logging.getLogger().setLevel(logging.ERROR)
 
 
 def _error(path, loader=load_model) -> str:

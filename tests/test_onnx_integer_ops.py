@@ -7,7 +7,6 @@ onnxruntime does not fuse, integer-typed model inputs, and examples/digits.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,6 @@ from tests.onnx_models import (
     save,
 )
 
-logging.getLogger().setLevel(logging.ERROR)
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "digits"
 
 

@@ -10,7 +10,6 @@ requantization ties and upper saturation, or the test would prove less than it c
 from __future__ import annotations
 
 import itertools
-import logging
 
 import numpy as np
 import pytest
@@ -20,7 +19,6 @@ from bitqnn.qnn import QNN, Conv2d, Dense, execute, run_layer
 from bitqnn.requant import Float32Requant
 from tests.onnx_models import ARCHITECTURES, SAMPLES, TYPE_PAIRS, grid_inputs, quantized_model
 
-logging.getLogger().setLevel(logging.ERROR)  # quantize_static's advice on every call
 CASES = list(itertools.product(ARCHITECTURES, ("qdq", "qop"), TYPE_PAIRS, (False, True)))
 
 

@@ -445,7 +445,8 @@ def test_paths_resolve_next_to_the_spec_not_the_working_directory(spec, tmp_path
 
 def test_quantize_statement_runs_the_fixed_point_quantizer(spec, samples):
     path = spec('network f = onnx "float.onnx"\n'
-                "network p = quantize f with fixed(weights=6, activations=7, input=8, input_frac=4, input_signed=true,\n"
+                "network p = quantize f with fixed(weights=6, activations=7, input=8, input_frac=4, "
+                "input_signed=true,\n"
                 '    rounding=half_even, weight_rounding=floor, output=requantized, calibrate="rows.csv",\n'
                 "    bias=16, layer 1 (weights=8, weight_frac=5))\n"
                 "prove robust(p, linf([0.5, 0.25, 0.125, 0], 1), label=0)\n")

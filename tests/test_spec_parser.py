@@ -58,7 +58,8 @@ def test_an_installed_package_reads_its_own_copy_of_the_grammar(tmp_path):
     shutil.copy(REPO / "bitqnn" / "spec" / "grammar.py", package / "spec" / "grammar.py")
     packaged = "// packaged copy\n" + grammar_text()
     (package / "grammar" / "qspec.lark").write_text(packaged, encoding="utf-8")
-    probe = "from bitqnn.spec.grammar import grammar_text, qspec_parser; qspec_parser(); print(grammar_text()[:17], end='')"
+    probe = ("from bitqnn.spec.grammar import grammar_text, qspec_parser; "
+             "qspec_parser(); print(grammar_text()[:17], end='')")
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)},
                             capture_output=True, text=True, check=True)
     assert result.stdout == "// packaged copy\n"

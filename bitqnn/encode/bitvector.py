@@ -35,7 +35,7 @@ from bitqnn.requant import (
 
 RequantStyle = Literal["steps", "arith"]
 """steps: every requant as its exact step function, thresholds from requant.py (the default:
-measured faster for every requant kind, see benchmarks/smt_frontends.py); arith: shifts,
+faster with z3 for every requant kind, see benchmarks/smt_frontends.py --style); arith: shifts,
 SRDHM and rounding as bit-vector arithmetic, an independent re-derivation of requant.py
 (float32 requant has no such form and always uses steps)."""
 
@@ -49,11 +49,15 @@ def signed_width(lo: int, hi: int) -> int:
     return 1 + max(v.bit_length() if v >= 0 else (~v).bit_length() for v in (lo, hi))
 
 
-def _slice(term: z3.BitVecRef, offset: int, width: int) -> z3.BitVecRef:
-    """Bits offset .. offset+width-1 of the term's infinite sign extension."""
-    if offset + width > term.size():
-        term = z3.SignExt(offset + width - term.size(), term)
-    if offset == 0 and width == term.size():
+def _slice(term: z3.BitVecRef, size: int, offset: int, width: int) -> z3.BitVecRef:
+    """Bits offset .. offset+width-1 of the infinite sign extension of a term of `size` bits.
+
+    The size is passed in, not asked of z3: z3's Python `size()` costs more than the slice.
+    """
+    if offset + width > size:
+        term = z3.SignExt(offset + width - size, term)
+        size = offset + width
+    if offset == 0 and width == size:
         return term
     return z3.Extract(offset + width - 1, offset, term)
 
@@ -72,12 +76,16 @@ class Signal:
         return self.lo == self.hi
 
     @property
+    def width(self) -> int:
+        return _width(self.lo, self.hi, self.bias)
+
+    @property
     def ctx(self) -> z3.Context:
         return self.term.ctx
 
     def term_at(self, width: int) -> z3.BitVecRef:
         """The term modulo 2**width: exact wherever the value it feeds fits that width."""
-        return _slice(self.term, 0, width)
+        return _slice(self.term, self.width, 0, width)
 
 
 def _width(lo: int, hi: int, bias: int) -> int:
@@ -149,37 +157,35 @@ def scale(a: Signal, c: int) -> Signal:
     return Signal(term, lo, hi, bias)
 
 
+def _balanced(items: list, combine):
+    """Pairwise reduction of a non-empty list: log2(n) levels, and each sum only as wide as its own range."""
+    while len(items) > 1:
+        items = [combine(items[i], items[i + 1]) for i in range(0, len(items) - 1, 2)] + items[len(items) & ~1:]
+    return items[0]
+
+
 def total(signals: list[Signal], offset: int, ctx: z3.Context) -> Signal:
     """offset + sum(signals) by a balanced adder tree over the non-constant signals."""
     offset += sum(s.lo for s in signals if s.is_constant)
-    level = [s for s in signals if not s.is_constant]
-    if not level:
+    variable_part = [s for s in signals if not s.is_constant]
+    if not variable_part:
         return constant(offset, ctx)
-    while len(level) > 1:
-        paired = [add(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
-        level = paired + level[len(level) - len(level) % 2:]
-    return shift_constant(level[0], offset)
+    return shift_constant(_balanced(variable_part, add), offset)
 
 
 def wrapped_linear(pairs: list[tuple[Signal, int]], offset: int, bits: int, ctx: z3.Context) -> Signal:
     """offset + sum(c * x) computed modulo 2**bits throughout: exactly the wrapping accumulator."""
-    constant_part = offset + sum(c * x.bias for x, c in pairs)
-    level = [x.term_at(bits) * z3.BitVecVal(c, bits, ctx) for x, c in pairs if not x.is_constant]
-    while len(level) > 1:
-        paired = [level[i] + level[i + 1] for i in range(0, len(level) - 1, 2)]
-        level = paired + level[len(level) - len(level) % 2:]
-    term = z3.BitVecVal(constant_part, bits, ctx)
-    if level:
-        term = level[0] + term
+    constant_part = z3.BitVecVal(offset + sum(c * x.bias for x, c in pairs), bits, ctx)
+    products = [x.term_at(bits) * z3.BitVecVal(c, bits, ctx) for x, c in pairs if not x.is_constant]
     limit = 1 << (bits - 1)
-    return Signal(term, -limit, limit - 1, 0)
+    return Signal(_balanced([*products, constant_part], lambda p, q: p + q), -limit, limit - 1, 0)
 
 
 def at_least(a: Signal, c: int) -> z3.BoolRef:
     """a >= c, decided outright when the range settles it."""
     if c <= a.lo or c > a.hi:
         return z3.BoolVal(c <= a.lo, a.ctx)
-    return a.term >= z3.BitVecVal(c - a.bias, a.term.size(), a.ctx)
+    return a.term >= z3.BitVecVal(c - a.bias, a.width, a.ctx)
 
 
 def flag(bit: z3.BitVecRef) -> Signal:
@@ -220,7 +226,8 @@ def maximum(signals: list[Signal]) -> Signal:
             bias = result.bias
             width = _width(min(result.lo, s.lo), max(result.hi, s.hi), bias)
             mine, theirs = result.term_at(width), rebias(s, bias).term_at(width)
-            result = Signal(z3.If(theirs > mine, theirs, mine), max(result.lo, s.lo), max(result.hi, s.hi), bias)
+            either = Signal(z3.If(theirs > mine, theirs, mine), min(result.lo, s.lo), max(result.hi, s.hi), bias)
+            result = restrict(either, max(result.lo, s.lo), either.hi)
     return result
 
 
@@ -251,7 +258,7 @@ def floor_shift(a: Signal, s: int) -> Signal:
     aligned = rebias(a, a.bias - a.bias % (1 << s))
     bias = aligned.bias >> s
     lo, hi = a.lo >> s, a.hi >> s
-    return Signal(_slice(aligned.term, s, _width(lo, hi, bias)), lo, hi, bias)
+    return Signal(_slice(aligned.term, aligned.width, s, _width(lo, hi, bias)), lo, hi, bias)
 
 
 def round_shift(a: Signal, s: int, rounding: Rounding) -> Signal:
@@ -271,7 +278,7 @@ def round_shift(a: Signal, s: int, rounding: Rounding) -> Signal:
         return floor_shift(add(shift_constant(a, half - 1), condition_flag(at_least(a, 0))), s)
     if rounding is Rounding.HALF_EVEN:
         aligned = rebias(a, a.bias - a.bias % (1 << (s + 1)))  # bias now leaves bit s alone
-        parity = flag(_slice(aligned.term, s, 1))
+        parity = flag(_slice(aligned.term, aligned.width, s, 1))
         return floor_shift(add(shift_constant(aligned, half - 1), parity), s)
     raise ValueError(f"unknown rounding mode {rounding!r}")
 
@@ -328,9 +335,26 @@ class Encoding:
     formula: z3.BoolRef  # box constraints and violation
     stats: dict = field(default_factory=dict)
 
-    def witness(self, model: z3.ModelRef) -> np.ndarray:
-        values = [model.eval(s.term, model_completion=True).as_signed_long() + s.bias for s in self.inputs]
-        return np.array(values, dtype=np.int64)
+    @property
+    def variables(self) -> list[z3.BitVecRef]:
+        return [s.term for s in self.inputs if not s.is_constant]
+
+    def decode(self, values: dict[str, int]) -> np.ndarray:
+        """The network input of a model, given each variable's signed value by name.
+
+        A variable a model leaves out is unconstrained, and 0 always lies in its range.
+        """
+        return np.array([s.lo if s.is_constant else values.get(str(s.term), 0) + s.bias for s in self.inputs],
+                        dtype=np.int64)
+
+    def smtlib(self) -> str:
+        """SMT-LIB2 text up to (check-sat), declaring every input variable even if the formula lost it."""
+        solver = z3.Solver(ctx=self.ctx)
+        solver.add(self.formula)
+        commands = [line for line in solver.to_smt2().splitlines()
+                    if not line.startswith((";", "(set-info", "(declare-fun"))]
+        declarations = [f"(declare-fun {v} () (_ BitVec {v.size()}))" for v in self.variables]
+        return "\n".join(["(set-logic QF_BV)", *declarations, *commands])
 
 
 def _linear_layer(query: Query, index: int, values: list[Signal], bounds: LayerBounds,
@@ -367,13 +391,36 @@ def _lookup_layer(query: Query, index: int, values: list[Signal]) -> list[Signal
     return outputs
 
 
+def _is(value: bool, p: z3.BoolRef) -> bool:
+    return z3.is_true(p) if value else z3.is_false(p)
+
+
+def _connective(parts: list[z3.BoolRef], ctx: z3.Context, neutral: bool, build) -> z3.BoolRef:
+    """`build` (z3.And or z3.Or) with constants folded and never fewer than two operands:
+    SMT-LIB's left-associative `and`/`or` take at least two, and Bitwuzla insists."""
+    if any(_is(not neutral, p) for p in parts):
+        return z3.BoolVal(not neutral, ctx)
+    parts = [p for p in parts if not _is(neutral, p)]
+    if len(parts) < 2:
+        return parts[0] if parts else z3.BoolVal(neutral, ctx)
+    return build(*parts)
+
+
+def all_of(parts: list[z3.BoolRef], ctx: z3.Context) -> z3.BoolRef:
+    return _connective(parts, ctx, True, z3.And)
+
+
+def any_of(parts: list[z3.BoolRef], ctx: z3.Context) -> z3.BoolRef:
+    return _connective(parts, ctx, False, z3.Or)
+
+
 def _violation(violation: Violation, outputs: list[Signal], ctx: z3.Context) -> z3.BoolRef:
     terms = []
     for term in violation.terms:
         atoms = [at_least(total([scale(outputs[i], c) for i, c in atom.terms], 0, ctx), atom.bound)
                  for atom in term]
-        terms.append(z3.And(*atoms, ctx))
-    return z3.Or(*terms, ctx)
+        terms.append(all_of(atoms, ctx))
+    return any_of(terms, ctx)
 
 
 def _check_overflow(query: Query, bounds: NetworkBounds) -> None:
@@ -408,10 +455,10 @@ def encode(query: Query, style: RequantStyle = "steps") -> Encoding:
             assert isinstance(layer, Reshape)
         values = [restrict(v, int(lo), int(hi)) for v, lo, hi in zip(values, layer_bounds.lo, layer_bounds.hi,
                                                                       strict=True)]
-    formula = z3.And(*box, _violation(query.violation, values, ctx))
+    formula = all_of([*box, _violation(query.violation, values, ctx)], ctx)
     free = sum(not s.is_constant for s in inputs)
     unstable, neurons = bounds.unstable_neurons(qnn)
-    stats = {"input_variables": free, "input_bits": sum(s.term.size() for s in inputs if not s.is_constant),
+    stats = {"input_variables": free, "input_bits": sum(s.width for s in inputs if not s.is_constant),
              "unstable_neurons": unstable, "neurons": neurons}
     return Encoding(ctx, inputs, formula, stats)
 
@@ -423,12 +470,7 @@ def export_smtlib(query: Query, path: str | Path, style: RequantStyle = "steps")
     listed in comments so that a model from any solver decodes to a network input.
     """
     encoding = encode(query, style)
-    solver = z3.Solver(ctx=encoding.ctx)
-    solver.add(encoding.formula)
-    body = solver.to_smt2()
-    body = body[body.index("(declare-fun") if "(declare-fun" in body else body.index("(assert"):]
     lines = [f"; bitqnn query: {query.label}", f"; network: {query.network.describe()}"]
     lines += [f"; input {i} = x{i} (signed) + {s.bias}" if not s.is_constant else f"; input {i} = {s.lo}"
               for i, s in enumerate(encoding.inputs)]
-    lines += ["(set-logic QF_BV)", body.rstrip(), "(exit)", ""]
-    Path(path).write_text("\n".join(lines))
+    Path(path).write_text("\n".join([*lines, encoding.smtlib(), "(exit)", ""]))

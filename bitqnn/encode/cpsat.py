@@ -82,7 +82,8 @@ class _Builder:
                 f"accumulator overflow not excluded at layer {index} neuron {neuron}")
         bits = self.qnn.accumulator_bits
         raw_lo, raw_hi = self._raw_range(row, offset, index)
-        k = self.new_var((raw_lo + 2 ** (bits - 1)) >> bits, (raw_hi + 2 ** (bits - 1)) >> bits, f"wrap{index}_{neuron}")
+        half = 2 ** (bits - 1)
+        k = self.new_var((raw_lo + half) >> bits, (raw_hi + half) >> bits, f"wrap{index}_{neuron}")
         wrapped = self.new_var(-(2 ** (bits - 1)), 2 ** (bits - 1) - 1, f"acc{index}_{neuron}")
         self.model.add(wrapped == expr - (2**bits) * k)
         return wrapped

@@ -5,19 +5,21 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bitqnn.engines.attack import AttackEngine
+from bitqnn.engines.bounds_only import BoundsEngine
 from bitqnn.engines.cpsat import CpSatEngine
 from bitqnn.engines.enumeration import EnumerationEngine
 from bitqnn.engines.portfolio import SequentialPortfolio, Stage
 
 
-def _smt():
+def _smt(backend: str = "z3"):
     from bitqnn.engines.smt import SmtEngine  # z3 loads only when asked for
 
-    return SmtEngine()
+    return SmtEngine(backend=backend)
 
 
 def _auto(workers: int):
-    return SequentialPortfolio("auto", [Stage(AttackEngine(budget=2.0), share=0.1),
+    return SequentialPortfolio("auto", [Stage(BoundsEngine()),
+                                        Stage(AttackEngine(budget=0.5), share=0.1),
                                         Stage(CpSatEngine(workers=workers))])
 
 
@@ -25,7 +27,9 @@ FACTORIES: dict[str, Callable[[int], object]] = {
     "auto": _auto,
     "cpsat": lambda workers: CpSatEngine(workers=workers),
     "smt": lambda workers: _smt(),
+    "yices": lambda workers: _smt("yices"),
     "attack": lambda workers: AttackEngine(),
+    "bounds": lambda workers: BoundsEngine(),
     "enumerate": lambda workers: EnumerationEngine(),
 }
 

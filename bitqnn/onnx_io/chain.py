@@ -47,6 +47,12 @@ class Chain:
             self.quant = quant
         return tensor
 
+    def check_read(self, node: onnx.NodeProto, params: Quant) -> None:
+        """A node must read the chain tensor with the integer type it is stored in."""
+        if (params.lo, params.hi) != (self.quant.lo, self.quant.hi):
+            raise self.graph.fail(f"reads [{params.lo}, {params.hi}] integers from a tensor stored in "
+                                  f"[{self.quant.lo}, {self.quant.hi}]", node)
+
     def values(self) -> np.ndarray:
         """Every integer the chain tensor can hold, in order."""
         return np.arange(self.quant.lo, self.quant.hi + 1, dtype=np.int64)

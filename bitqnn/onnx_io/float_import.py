@@ -9,12 +9,14 @@ so they may also sit after those; an Add may not, and is then rejected.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import onnx
 
 from bitqnn.floatnet import FloatConv2d, FloatDense, FloatLayer, FloatNetwork
 from bitqnn.onnx_io import layout
+from bitqnn.onnx_io.broadcast import channel_values, per_element
 from bitqnn.onnx_io.graph import Graph
 from bitqnn.qnn import MaxPool2d, Reshape
 
@@ -42,7 +44,7 @@ def import_float(graph: Graph) -> FloatNetwork:
             shape = _float_shape(graph, node, layer, shape)
         tensor = node.output[0]
         node = graph.next_node(tensor)
-    return FloatNetwork(input_shape, tuple(layers), name=graph.label)
+    return FloatNetwork(input_shape, tuple(layers), name=Path(graph.label).stem)
 
 
 def _layer(graph: Graph, node: onnx.NodeProto, shape: tuple[int, ...]) -> FloatLayer:
@@ -50,15 +52,15 @@ def _layer(graph: Graph, node: onnx.NodeProto, shape: tuple[int, ...]) -> FloatL
     if op == "Gemm":
         return _gemm(graph, node, shape)
     if op == "MatMul":
-        weight = graph.require_constant(node, 1, "weight").astype(np.float64)
-        _require_flat(graph, node, shape, weight.shape[0] if weight.ndim == 2 else -1)
-        return FloatDense(weight.T.copy(), np.zeros(weight.shape[1]))
+        weight = _matrix(graph, node, shape, transposed=False)
+        return FloatDense(weight, np.zeros(weight.shape[0]))
     if op == "Conv":
         weight = graph.require_constant(node, 1, "weight").astype(np.float64)
-        bias = graph.optional_constant(node, 2, "bias")
+        if weight.ndim != 4:
+            raise graph.fail(f"needs a 4-D weight, has shape {weight.shape}", node)
         geometry = layout.window(graph, node, shape, weight.shape[2:])
         group = int(graph.attributes(node).get("group", 1))
-        bias = np.zeros(weight.shape[0]) if bias is None else bias.astype(np.float64)
+        bias = _bias(graph, node, graph.optional_constant(node, 2, "bias"), weight.shape[0])
         return FloatConv2d(weight, bias, geometry.strides, geometry.pads, geometry.dilations, group)
     if op == "MaxPool":
         return layout.max_pool(graph, node, shape)
@@ -73,31 +75,37 @@ def _gemm(graph: Graph, node: onnx.NodeProto, shape: tuple[int, ...]) -> FloatDe
     attrs = graph.attributes(node)
     if attrs.get("transA", 0):
         raise graph.fail("with transA=1 is not supported", node)
-    weight = graph.require_constant(node, 1, "weight").astype(np.float64)
-    if weight.ndim != 2:
-        raise graph.fail(f"needs a 2-D weight, has shape {weight.shape}", node)
-    weight = weight if attrs.get("transB", 0) else weight.T
-    _require_flat(graph, node, shape, weight.shape[1])
-    bias = graph.optional_constant(node, 2, "bias")
-    bias = np.zeros(weight.shape[0]) if bias is None else _channel_vector(graph, node, bias, weight.shape[0])
+    weight = _matrix(graph, node, shape, transposed=bool(attrs.get("transB", 0)))
+    bias = _bias(graph, node, graph.optional_constant(node, 2, "bias"), weight.shape[0])
     return FloatDense(float(attrs.get("alpha", 1.0)) * weight, float(attrs.get("beta", 1.0)) * bias)
 
 
-def _require_flat(graph: Graph, node: onnx.NodeProto, shape: tuple[int, ...], size: int) -> None:
-    if len(shape) != 1 or shape[0] != size:
-        raise graph.fail(f"expects a flat input of {size} values, gets shape {shape}", node)
+def _matrix(graph: Graph, node: onnx.NodeProto, shape: tuple[int, ...], transposed: bool) -> np.ndarray:
+    """The constant weight of Gemm / MatMul as float64 [out, in], checked against the flat input."""
+    weight = graph.require_constant(node, 1, "weight").astype(np.float64)
+    if weight.ndim != 2:
+        raise graph.fail(f"needs a 2-D weight, has shape {weight.shape}", node)
+    weight = weight if transposed else weight.T.copy()
+    if len(shape) != 1 or shape[0] != weight.shape[1]:
+        raise graph.fail(f"expects a flat input of {weight.shape[1]} values, gets shape {shape}", node)
+    return weight
 
 
-def _channel_vector(graph: Graph, node: onnx.NodeProto, value: np.ndarray, channels: int) -> np.ndarray:
-    """A constant that broadcasts to a per-output-channel bias, as float64 [channels]."""
-    value = np.asarray(value, dtype=np.float64)
-    squeezed = value.reshape([d for d in value.shape if d != 1] or [1])
-    if squeezed.ndim != 1 or squeezed.size not in (1, channels):
-        raise graph.fail(f"has a constant of shape {value.shape} that is not a per-channel bias", node)
-    return np.broadcast_to(squeezed, (channels,)).copy()
+def _bias(graph: Graph, node: onnx.NodeProto, bias: np.ndarray | None, channels: int) -> np.ndarray:
+    return np.zeros(channels) if bias is None else _channel_vector(graph, node, bias, (channels,))
 
 
-def _fold_bias(graph: Graph, node: onnx.NodeProto, layers: list[FloatLayer], shape, tensor: str) -> None:
+def _channel_vector(graph: Graph, node: onnx.NodeProto, value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A constant that adds one value per output channel (axis 0 of `shape`), as float64 [channels]."""
+    flat = per_element(graph, node, value, shape).astype(np.float64)
+    channels = channel_values(flat, shape[0])
+    if channels is None:
+        raise graph.fail(f"has a constant of shape {np.shape(value)} that is not a per-channel bias", node)
+    return np.broadcast_to(channels, (shape[0],)).copy()
+
+
+def _fold_bias(graph: Graph, node: onnx.NodeProto, layers: list[FloatLayer], shape: tuple[int, ...],
+               tensor: str) -> None:
     """Add(x, c) right after a linear layer without clip: c joins its bias."""
     other = [name for name in node.input if name != tensor]
     if len(other) != 1 or graph.constant(other[0]) is None:
@@ -105,13 +113,7 @@ def _fold_bias(graph: Graph, node: onnx.NodeProto, layers: list[FloatLayer], sha
     last = layers[-1] if layers else None
     if not isinstance(last, FloatDense | FloatConv2d) or last.clip is not None:
         raise graph.fail("adds a constant that does not directly follow a linear layer", node)
-    value = np.asarray(graph.constant(other[0]), dtype=np.float64)
-    if isinstance(last, FloatConv2d) and value.ndim >= 3 and value.shape[-2:] != (1, 1):
-        raise graph.fail(f"has a constant of shape {value.shape} that is not a per-channel bias", node)
-    if isinstance(last, FloatConv2d):
-        value = value.reshape(value.shape[:-2]) if value.ndim >= 3 else value
-    bias = last.bias + _channel_vector(graph, node, value, last.bias.shape[0])
-    layers[-1] = replace(last, bias=bias)
+    layers[-1] = replace(last, bias=last.bias + _channel_vector(graph, node, graph.constant(other[0]), shape))
 
 
 def _clip_interval(graph: Graph, node: onnx.NodeProto) -> tuple[float, float]:

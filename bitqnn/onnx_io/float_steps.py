@@ -13,10 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from bitqnn.onnx_io.broadcast import channel_values, per_element
 from bitqnn.onnx_io.graph import Graph
 
 F32 = np.float32
 BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Max": "max", "Min": "min"}
+OPERATIONS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "max": np.maximum,
+              "min": np.minimum, "rsub": lambda values, c: c - values}
 
 
 @dataclass(frozen=True, eq=False)
@@ -28,20 +31,7 @@ class FloatStep:
 
     def __call__(self, values: np.ndarray, index: np.ndarray) -> np.ndarray:
         c = self.constant[0] if self.constant.size == 1 else self.constant[index]
-        c = np.asarray(c, dtype=F32)
-        if self.op == "add":
-            return values + c
-        if self.op == "sub":
-            return values - c
-        if self.op == "rsub":
-            return c - values
-        if self.op == "mul":
-            return values * c
-        if self.op == "div":
-            return values / c
-        if self.op == "max":
-            return np.maximum(values, c)
-        return np.minimum(values, c)
+        return OPERATIONS[self.op](values, np.asarray(c, dtype=F32))
 
     @property
     def monotone(self) -> bool:
@@ -52,12 +42,8 @@ class FloatStep:
 
     def per_channel(self, channels: int) -> FloatStep | None:
         """The same step with one constant per axis-0 channel, or None if it varies inside one."""
-        if self.constant.size == 1:
-            return self
-        rows = self.constant.reshape(channels, -1)
-        if np.any(rows != rows[:, :1]):
-            return None
-        return FloatStep(self.op, rows[:, 0].copy())
+        values = channel_values(self.constant, channels)
+        return None if values is None else FloatStep(self.op, values)
 
 
 def apply_steps(steps: tuple[FloatStep, ...], values: np.ndarray, index: np.ndarray) -> np.ndarray:
@@ -93,7 +79,8 @@ def _node_steps(graph: Graph, node: onnx.NodeProto, tensor: str, shape: tuple[in
         bounds = [graph.optional_constant(node, i, name) for i, name in ((1, "min"), (2, "max"))]
         lo = np.float32(attrs.get("min", -np.inf)) if bounds[0] is None else bounds[0]
         hi = np.float32(attrs.get("max", np.inf)) if bounds[1] is None else bounds[1]
-        return [FloatStep("max", per_element(graph, node, lo, shape)), FloatStep("min", per_element(graph, node, hi, shape))]
+        return [FloatStep("max", per_element(graph, node, lo, shape).astype(F32)),
+                FloatStep("min", per_element(graph, node, hi, shape).astype(F32))]
     if op in ("Identity", "Dropout"):
         return []
     if op not in BINARY or len(node.input) != 2:
@@ -109,21 +96,4 @@ def _node_steps(graph: Graph, node: onnx.NodeProto, tensor: str, shape: tuple[in
         name = "rsub"
     elif op == "Div" and not first:
         raise graph.fail("divides a constant by a varying tensor; not supported", node)
-    return [FloatStep(name, per_element(graph, node, constant, shape))]
-
-
-def per_element(graph: Graph, node: onnx.NodeProto, constant: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """A constant broadcast over one sample of `shape`, flat float32; a leading batch axis of 1 is dropped."""
-    value = np.asarray(constant, dtype=F32)
-    if value.ndim == len(shape) + 1:
-        if value.shape[0] != 1:
-            raise graph.fail(f"has a constant of shape {value.shape} that differs across the batch", node)
-        value = value[0]
-    if value.size == 1:
-        return value.reshape(1)
-    try:
-        if np.broadcast_shapes(value.shape, shape) != tuple(shape):
-            raise ValueError
-        return np.broadcast_to(value, shape).reshape(-1).copy()
-    except ValueError:
-        raise graph.fail(f"has a constant of shape {value.shape} that does not broadcast to {shape}", node) from None
+    return [FloatStep(name, per_element(graph, node, constant, shape).astype(F32))]

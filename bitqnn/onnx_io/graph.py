@@ -102,7 +102,7 @@ class Graph:
         if node is None or node.op_type not in ("Identity", "DequantizeLinear"):
             return None
         values = [self.constant(i) if i else None for i in node.input]
-        if values[0] is None or any(v is None for v, i in zip(values, node.input, strict=True) if i):
+        if any(value is None for value, i in zip(values, node.input, strict=True) if i):
             return None
         if node.op_type == "Identity":
             value = values[0]
@@ -133,7 +133,8 @@ class Graph:
         consumers = self._consumers.get(tensor, [])
         if tensor == self.output_name:
             if consumers:
-                raise self.fail(f"tensor '{tensor}' is the graph output and also feeds node '{node_name(consumers[0])}'")
+                reader = node_name(consumers[0])
+                raise self.fail(f"tensor '{tensor}' is the graph output and also feeds node '{reader}'")
             return None
         if len(consumers) != 1:
             what = "is not used" if not consumers else f"feeds {len(consumers)} nodes"

@@ -19,11 +19,13 @@ formulas named here disagree with onnxruntime on thousands of points, these on n
   to int16; quantize_static's reduce_range (7-bit weights) is what avoids that there.
 - QLinearAdd (MlasQLinearAddKernelAvx2): rA = float32(sA / sC), rB = float32(sB / sC),
   F = float32(zC) - fma(rA, zA, rB * zB) and c = fma(A, rA, fma(B, rB, F)), y = clamp(rint(c)),
-  where A and B are the raw stored integers (the zero points enter before rounding). Input 0
-  plays A and input 1 plays B when both vary along the innermost axis; an input that is
-  constant along it (a scalar or per-channel bias) plays B. The SSE2 formula (no fma) and
-  the plain float path (dequantize, add, quantize) disagree; so would ARM's fixed-point
-  NEON kernel, which is why imported semantics name the platform.
+  where A and B are the raw stored integers (the zero points enter before rounding). Which
+  input plays A follows onnxruntime's broadcasting into spans (`constant_plays_b`): input 0
+  plays A when both vary along the span, an input constant along it (a scalar or
+  per-channel bias) plays B, and when the span is a single element both are "scalars" and
+  input 0 plays B. The SSE2 formula (no fma), swapped roles and the plain float path
+  (dequantize, add, quantize) all disagree; so would ARM's fixed-point NEON kernel, which is
+  why imported semantics name the platform.
 """
 
 from __future__ import annotations
@@ -65,6 +67,29 @@ def qlinear_add(a: np.ndarray, a_scale: float, a_zero: int, b: np.ndarray, b_sca
     a_f, b_f = np.broadcast_arrays(np.asarray(a, dtype=F32), np.asarray(b, dtype=F32))
     inner = fma32(b_f, ratio_b, fixed)
     return np.clip(rint_to_int(fma32(a_f, ratio_a, inner)), lo, hi)
+
+
+def constant_plays_b(x_first: bool, constant_shape: tuple[int, ...], sample_shape: tuple[int, ...]) -> bool:
+    """Whether the constant operand of a QLinearAdd plays B (see the module notes), batch > 1.
+
+    onnxruntime cuts the output into spans along the trailing dimensions on which both
+    inputs have equal sizes. If those hold more than one element, both operands vary along a
+    span and input 0 plays A. Otherwise the constant is constant along each span and plays
+    B -- unless the constant has no dimensions beyond that run (a [1] or [] constant on a
+    tensor whose last dimension is 1): then every span is one element and input 0 plays B.
+    The batch dimension (assumed > 1) never matches, so a batch of one sample can take the
+    last branch where larger batches take the middle one.
+    """
+    run, elements = 0, 1
+    for c_dim, x_dim in zip(reversed(constant_shape), reversed(sample_shape)):
+        if c_dim != x_dim:
+            break
+        run, elements = run + 1, elements * x_dim
+    if elements > 1:
+        return x_first
+    if run == len(constant_shape):
+        return not x_first
+    return True
 
 
 def fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:

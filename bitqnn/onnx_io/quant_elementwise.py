@@ -13,15 +13,16 @@ import numpy as np
 import onnx
 
 from bitqnn.onnx_io import ort_kernels
+from bitqnn.onnx_io.broadcast import per_element
 from bitqnn.onnx_io.chain import Chain, quant_params
-from bitqnn.onnx_io.float_steps import apply_steps, per_element, read_steps
+from bitqnn.onnx_io.float_steps import apply_steps, read_steps
 from bitqnn.qnn import Layer, Lookup, Reshape
 
 
 def qlinear_add(chain: Chain, node: onnx.NodeProto) -> str:
     """com.microsoft QLinearAdd(A, sA, zA, B, sB, zB, sC, zC) of the chain tensor and a constant."""
     graph = chain.graph
-    if chain.tensor not in node.input[0:4:3] or node.input[0] == node.input[3]:
+    if chain.tensor not in (node.input[0], node.input[3]) or node.input[0] == node.input[3]:
         raise graph.fail("must add the chain tensor and a constant", node)
     x_slot = 0 if node.input[0] == chain.tensor else 3
     c_slot = 3 - x_slot
@@ -31,40 +32,24 @@ def qlinear_add(chain: Chain, node: onnx.NodeProto) -> str:
     x_params = quant_params(graph, node, x_slot + 1, x_slot + 2)
     c_params = quant_params(graph, node, c_slot + 1, c_slot + 2)
     out = quant_params(graph, node, 6, 7)
-    if (x_params.lo, x_params.hi) != (chain.quant.lo, chain.quant.hi):
-        raise graph.fail("reads its input with a different integer type than it is stored in", node)
+    chain.check_read(node, x_params)
     c_values = per_element(graph, node, constant, chain.shape).astype(np.int64)
     x_values = chain.values()[None, :]
     c_values = c_values[:, None]
     x_role = (x_values, float(x_params.scale[0]), x_params.zero)
     c_role = (c_values, float(c_params.scale[0]), c_params.zero)
-    constant_is_b = _constant_along_innermost(constant, chain.shape) or x_slot == 0
+    constant_is_b = ort_kernels.constant_plays_b(x_slot == 0, np.shape(constant), chain.shape)
     a, b = (x_role, c_role) if constant_is_b else (c_role, x_role)
     table = ort_kernels.qlinear_add(*a, *b, float(out.scale[0]), out.zero, out.lo, out.hi)
     table = np.broadcast_to(table, (int(np.prod(chain.shape)), x_values.size))
     return chain.push(node, table_layers(table, chain.shape, chain.quant.lo), node.output[0], out)
 
 
-def _constant_along_innermost(constant: np.ndarray, shape: tuple[int, ...]) -> bool:
-    """Whether the constant is a per-span scalar to MLAS: size 1 along the innermost varying axis.
-
-    A tensor with one element per sample varies only along the batch, where constants are
-    always scalar (this assumes a batch of more than one sample; see the module notes).
-    """
-    value = np.asarray(constant)
-    if value.ndim == len(shape) + 1:
-        value = value[0]
-    aligned = (1,) * (len(shape) - value.ndim) + value.shape
-    varying = [axis for axis, size in enumerate(shape) if size > 1]
-    return value.size == 1 or not varying or aligned[varying[-1]] == 1
-
-
 def float_island(chain: Chain, node: onnx.NodeProto) -> str:
     """DequantizeLinear -> elementwise float ops -> QuantizeLinear that onnxruntime left unfused."""
     graph = chain.graph
     params = quant_params(graph, node, 1, 2)
-    if (params.lo, params.hi) != (chain.quant.lo, chain.quant.hi):
-        raise graph.fail("reads its input with a different integer type than it is stored in", node)
+    chain.check_read(node, params)
     steps, quantize = read_steps(graph, node.output[0], chain.shape)
     out = quant_params(graph, quantize, 1, 2)
     size = int(np.prod(chain.shape))

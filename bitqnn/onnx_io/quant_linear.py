@@ -53,9 +53,8 @@ def qlinear_conv(chain: Chain, node: onnx.NodeProto) -> str:
     channels = weight.shape[0]
     bias = graph.optional_constant(node, 8, "bias")
     stage, quant = _qlinear_stage(chain, node, channels, y_index=6, alpha=1.0)
-    zero_weight = _weight_zero(chain, node, 5, channels)
-    layer = Conv2d(weight.astype(np.int64), zero_weight, _input_zero(chain, node, 1, 2), _bias(chain, node, bias, channels),
-                   stage, **conv)
+    layer = Conv2d(weight.astype(np.int64), _weight_zero(chain, node, 5, channels), _input_zero(chain, node, 1, 2),
+                   _bias(chain, node, bias, channels), stage, **conv)
     return chain.push(node, [layer], node.output[0], quant)
 
 
@@ -164,7 +163,7 @@ def _weight_zero(chain: Chain, node: onnx.NodeProto, index: int, channels: int) 
 def _input_zero(chain: Chain, node: onnx.NodeProto, scale_index: int, zero_index: int) -> int:
     """The kernel's own input zero point; it must describe the chain tensor's storage type."""
     params = quant_params(chain.graph, node, scale_index, zero_index)
-    _check_storage(chain, node, params)
+    chain.check_read(node, params)
     return params.zero
 
 
@@ -175,14 +174,8 @@ def _integer_input_zero(chain: Chain, node: onnx.NodeProto, index: int) -> int:
         return 0
     zero = scalar(graph, node, zero, "input zero point")
     lo, hi = storage_range(graph, node, zero)
-    _check_storage(chain, node, Quant(chain.quant.scale, int(zero), lo, hi))
+    chain.check_read(node, Quant(chain.quant.scale, int(zero), lo, hi))
     return int(zero)
-
-
-def _check_storage(chain: Chain, node: onnx.NodeProto, params: Quant) -> None:
-    if (params.lo, params.hi) != (chain.quant.lo, chain.quant.hi):
-        raise chain.graph.fail(f"reads [{params.lo}, {params.hi}] integers from a tensor stored in "
-                               f"[{chain.quant.lo}, {chain.quant.hi}]", node)
 
 
 def _bias(chain: Chain, node: onnx.NodeProto, bias: np.ndarray | None, channels: int) -> np.ndarray:

@@ -7,10 +7,14 @@ kernels become Dense/Conv2d (`quant_linear`), elementwise ops become Lookup tabl
 have already vanished into output clamps by then -- the quantizer drops them when the output
 zero point is the type's minimum, and onnxruntime fuses the rest -- or sit in a float island.
 
+onnxruntime may run int8 activations on a uint8 grid; `regrid` moves the network's two ends
+back onto the grids the file declares, so inputs and outputs are the file's integers.
+
 The accumulators are int32 and wrap like the hardware's (overflow="wrap"). The semantics
 string names the platform, because QLinearAdd's arithmetic differs between onnxruntime's
-x86-64 and ARM kernels. One known corner is left out: an elementwise QLinearAdd on a tensor
-of one element per sample follows the batched (more than one sample) kernel path.
+x86-64 and ARM kernels. One corner depends on the batch size: a QLinearAdd whose constant
+has the full rank and one element, on a tensor of one element per sample, rounds like a
+batch of more than one sample (`ort_kernels.constant_plays_b`).
 """
 
 from __future__ import annotations
@@ -58,13 +62,12 @@ def import_quantized(graph: Graph) -> QNN:
     fused = fused_graph(graph)
     executed_input = _input_quant(fused)
     chain = Chain(fused, _input_tensor(fused), fused.input_dims()[0], executed_input)
-    output_quant = _walk(chain)
-    layers = _declared_grids(graph, chain.layers, (executed_input, declared_input),
-                             (output_quant, declared_output or output_quant))
-    output_quant = declared_output or output_quant
-    return QNN(chain.graph.input_dims()[0], declared_input.lo, declared_input.hi, tuple(layers),
+    executed_output = _walk(chain)
+    declared_output = declared_output or executed_output
+    layers = _declared_grids(graph, chain.layers, (executed_input, declared_input), (executed_output, declared_output))
+    return QNN(fused.input_dims()[0], declared_input.lo, declared_input.hi, tuple(layers),
                input_scale=float(declared_input.scale[0]), input_zero=declared_input.zero,
-               output_scale=output_quant.scale.astype(np.float64), output_zero=output_quant.zero,
+               output_scale=declared_output.scale.astype(np.float64), output_zero=declared_output.zero,
                accumulator_bits=32, overflow="wrap", input_rounding=Rounding.HALF_EVEN,
                semantics=semantics(), name=Path(graph.label).stem,
                onnx_path=str(graph.path) if graph.path is not None else None)
@@ -78,8 +81,7 @@ def _walk(chain: Chain) -> Quant:
     while node is not None:
         if node.op_type == "DequantizeLinear" and node.output[0] == graph.output_name:
             output_quant = _dequantize_quant(graph, node, chain.shape)
-            if (output_quant.lo, output_quant.hi) != (chain.quant.lo, chain.quant.hi):
-                raise graph.fail("reads its input with a different integer type than it is stored in", node)
+            chain.check_read(node, output_quant)
             chain.tensor = node.output[0]
         else:
             handler = HANDLERS.get(node.op_type)
@@ -139,7 +141,10 @@ def _declared_grids(graph: Graph, layers: list, inputs: tuple[Quant, Quant], out
         if shift is None:
             raise graph.fail("is executed by onnxruntime on a different quantization grid than it declares")
         if shift:
-            layers = move(layers, shift)
+            try:
+                layers = move(layers, shift)
+            except ValueError as exc:
+                raise graph.fail(f"cannot be moved back to its declared grid ({exc})") from exc
     return layers
 
 

@@ -36,7 +36,7 @@ def run_onnxruntime(qnn: QNN, x_int: np.ndarray) -> np.ndarray:
     feed = _feed(qnn, x, info.type)
     batch = info.shape[0] if isinstance(info.shape[0], int) and info.shape[0] > 0 else max(len(x), 1)
     chunks = [session.run(None, {info.name: feed[i:i + batch]})[0] for i in range(0, len(x), batch)]
-    y = np.concatenate(chunks).reshape(len(x), -1)
+    y = np.concatenate(chunks).reshape(len(x), -1) if chunks else np.zeros((0, qnn.output_size), np.float32)
     if y.dtype in (np.int8, np.uint8):
         return y.astype(np.int64)
     return _invert_output(qnn, y)

@@ -166,7 +166,8 @@ def _accepted_before(source: str, offset: int) -> set[str]:
 
 
 def _unexpected_character(err: UnexpectedCharacters, source: str, file: str) -> SpecError:
-    message = f"unexpected character '{err.char}'; expected {describe_expected(_accepted_before(source, err.pos_in_stream))}"
+    expected = describe_expected(_accepted_before(source, err.pos_in_stream))
+    message = f"unexpected character '{err.char}'; expected {expected}"
     hint = _CHARACTER_HINTS.get(err.char)
     message += f" ({hint})" if hint else ""
     return SpecError(message, Pos(file, err.line, err.column)).with_source(source)
