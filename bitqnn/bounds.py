@@ -55,6 +55,18 @@ class NetworkBounds:
                 total += bounds.lo.size
         return unstable, total
 
+    def with_safe_accumulators(self, index: int, neurons: list[int], bits: int) -> NetworkBounds:
+        """These bounds after proving that layer `index`'s listed accumulators never overflow."""
+        old = self.layers[index]
+        limit = np.int64(1) << (bits - 1)
+        acc_lo, acc_hi, flags = old.acc_lo.copy(), old.acc_hi.copy(), old.may_overflow.copy()
+        acc_lo[neurons] = np.maximum(acc_lo[neurons], -limit)
+        acc_hi[neurons] = np.minimum(acc_hi[neurons], limit - 1)
+        flags[neurons] = False
+        layers = list(self.layers)
+        layers[index] = LayerBounds(old.lo, old.hi, acc_lo, acc_hi, flags)
+        return NetworkBounds(self.input_lo, self.input_hi, tuple(layers))
+
     def overflow_sites(self) -> list[tuple[int, int]]:
         sites = []
         for index, bounds in enumerate(self.layers):

@@ -15,6 +15,7 @@ import numpy as np
 
 from bitqnn.engines.registry import ENGINE_NAMES
 from bitqnn.outcome import Verdict
+from bitqnn.qnn import AccumulatorOverflow
 
 EXIT_PROVED, EXIT_FALSIFIED, EXIT_UNKNOWN, EXIT_INPUT, EXIT_INTERNAL = 0, 10, 20, 2, 3
 
@@ -161,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except InputError as error:
         print(f"bitqnn: error: {error}", file=sys.stderr)
+        return EXIT_INPUT
+    except AccumulatorOverflow as error:
+        print(f"bitqnn: error: accumulator overflow: {error}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         print("bitqnn: interrupted", file=sys.stderr)

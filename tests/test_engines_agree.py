@@ -94,3 +94,30 @@ def test_wraparound_accumulators_are_encoded_exactly():
         assert CpSatEngine().solve(query, 60).verdict is expected, seed
         checked += 1
     assert wrapped >= 10 and checked == 60
+
+
+def test_reachable_overflow_is_an_error_and_unreachable_overflow_is_cleared():
+    """overflow='error' with a 6-bit accumulator: CP-SAT must find exactly the boxes that overflow."""
+    from dataclasses import replace
+
+    from bitqnn.qnn import AccumulatorOverflow
+
+    raised = cleared = 0
+    for seed in range(60):
+        _, query = random_case(seed)
+        qnn = replace(query.network, accumulator_bits=6, overflow="error", _cache={})
+        query = replace(query, network=qnn)
+        points = box_points(query.region.lo, query.region.hi, 0, query.region.points)
+        try:
+            execute(qnn, points)
+            truth = EnumerationEngine().solve(query, 60).verdict
+        except AccumulatorOverflow:
+            truth = None
+        if truth is None:
+            with pytest.raises(AccumulatorOverflow, match="for the input"):
+                CpSatEngine().solve(query, 60)
+            raised += 1
+        else:
+            cleared += bool(interval_bounds(qnn, query.region).overflow_sites())
+            assert CpSatEngine().solve(query, 60).verdict is truth, seed
+    assert raised >= 10 and cleared >= 1

@@ -27,7 +27,6 @@ def wide_query(seed: int) -> Query:
     return Query(qnn, box, robust_violation(label, qnn.output_size, "lowest_index"), label=f"wide {seed} {kind}")
 
 
-@pytest.mark.slow
 def test_cpsat_and_bitvector_engines_agree_beyond_enumeration():
     smt_module = pytest.importorskip("bitqnn.engines.smt")
     cpsat, smt = CpSatEngine(), smt_module.SmtEngine()

@@ -62,8 +62,8 @@ class _Builder:
         assert isinstance(layer, Lookup)
         return self.lookup(index, layer, values)
 
-    def accumulator(self, index: int, neuron: int, row: np.ndarray, offset: int, values: list[Value]):
-        """The exact accumulator as a linear expression, with wraparound where reachable."""
+    def linear_expr(self, row: np.ndarray, offset: int, values: list[Value]):
+        """sum(row * values) + offset, with constant inputs folded into the offset."""
         variables, coeffs = [], []
         constant = int(offset)
         for j in np.flatnonzero(row):
@@ -73,7 +73,11 @@ class _Builder:
             else:
                 variables.append(v)
                 coeffs.append(int(row[j]))
-        expr = cp_model.LinearExpr.weighted_sum(variables, coeffs) + constant
+        return cp_model.LinearExpr.weighted_sum(variables, coeffs) + constant
+
+    def accumulator(self, index: int, neuron: int, row: np.ndarray, offset: int, values: list[Value]):
+        """The exact accumulator as a linear expression, with wraparound where reachable."""
+        expr = self.linear_expr(row, offset, values)
         layer_bounds = self.bounds.layers[index]
         if layer_bounds.may_overflow is None or not layer_bounds.may_overflow[neuron]:
             return expr
@@ -228,6 +232,25 @@ class _Builder:
             self.model.add_element(position, [int(t) for t in segment], y)
             out.append(y)
         return out
+
+
+def overflow_model(qnn: QNN, bounds: NetworkBounds, index: int, neuron: int) -> Encoding:
+    """Inputs in the box whose raw accumulator (index, neuron) leaves the declared width.
+
+    Layers before `index` must already be free of reachable overflow in `bounds`.
+    """
+    builder = _Builder(qnn, bounds)
+    inputs = builder.inputs()
+    values = inputs
+    for layer in range(index):
+        values = builder.layer(layer, values)
+    form = qnn.linear_form(index)
+    raw = builder.linear_expr(form.matrix[neuron], int(form.offset[neuron]), values)
+    limit = 2 ** (qnn.accumulator_bits - 1)
+    above = builder.model.new_bool_var("above")
+    builder.model.add(raw >= limit).only_enforce_if(above)
+    builder.model.add(raw <= -limit - 1).only_enforce_if(~above)
+    return Encoding(builder.model, inputs, [], builder.count)
 
 
 def encode_network(qnn: QNN, bounds: NetworkBounds) -> tuple[_Builder, list[Value], list[Value]]:

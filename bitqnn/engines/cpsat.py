@@ -12,8 +12,9 @@ import numpy as np
 from ortools.sat.python import cp_model
 
 from bitqnn.bounds import interval_bounds, prune_violation
-from bitqnn.encode.cpsat import UnsupportedEncoding, encode_term
+from bitqnn.encode.cpsat import UnsupportedEncoding, encode_term, overflow_model
 from bitqnn.outcome import Outcome, Verdict
+from bitqnn.qnn import AccumulatorOverflow, execute
 from bitqnn.query import Query
 from bitqnn.symbolic import SymbolicAnalysis
 
@@ -41,6 +42,10 @@ class CpSatEngine:
         unstable, total = bounds.unstable_neurons(query.network)
         stats = {"unstable_neurons": unstable, "neurons": total,
                  "terms": len(query.violation.terms), "terms_after_bounds": len(violation.terms)}
+        if query.network.overflow == "error" and bounds.overflow_sites():
+            bounds, reason = self._exclude_overflow(query, bounds, start, timeout)
+            if reason:
+                return Outcome.unknown(self.name, time.perf_counter() - start, reason, **stats)
         if trivially_violated:
             return Outcome(Verdict.FALSIFIED, self.name, time.perf_counter() - start,
                            witness=query.region.lo.copy(), stats=stats)
@@ -53,10 +58,7 @@ class CpSatEngine:
                 encoding = encode_term(query.network, bounds, term)
             except UnsupportedEncoding as error:
                 return Outcome.unknown(self.name, time.perf_counter() - start, str(error), **stats)
-            solver = cp_model.CpSolver()
-            solver.parameters.max_time_in_seconds = remaining
-            solver.parameters.num_workers = self.workers
-            solver.parameters.random_seed = self.seed
+            solver = self._new_solver(remaining)
             status = solver.solve(encoding.model)
             stats["variables"] = max(stats.get("variables", 0), encoding.variables)
             if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
@@ -72,3 +74,41 @@ class CpSatEngine:
         if unknown_reason:
             return Outcome.unknown(self.name, elapsed, unknown_reason, **stats)
         return Outcome(Verdict.PROVED, self.name, elapsed, stats=stats)
+
+    def _new_solver(self, remaining: float) -> cp_model.CpSolver:
+        solver = cp_model.CpSolver()
+        solver.parameters.max_time_in_seconds = remaining
+        solver.parameters.num_workers = self.workers
+        solver.parameters.random_seed = self.seed
+        return solver
+
+    def _exclude_overflow(self, query: Query, bounds, start: float, timeout: float):
+        """Decide, layer by layer, whether any accumulator the bounds cannot clear really overflows.
+
+        A reachable overflow under overflow='error' is an error in the network as declared,
+        raised with the input that causes it (replayed on the executor); cleared sites get
+        bounds inside the declared width.
+        """
+        qnn = query.network
+        for index in sorted({site[0] for site in bounds.overflow_sites()}):
+            neurons = [n for layer, n in bounds.overflow_sites() if layer == index]
+            for neuron in neurons:
+                remaining = timeout - (time.perf_counter() - start)
+                if remaining <= 0:
+                    return bounds, f"timeout while excluding accumulator overflow at layer {index} neuron {neuron}"
+                encoding = overflow_model(qnn, bounds, index, neuron)
+                solver = self._new_solver(remaining)
+                status = solver.solve(encoding.model)
+                if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+                    witness = np.array([v if isinstance(v, int) else solver.value(v) for v in encoding.inputs])
+                    try:
+                        execute(qnn, witness)
+                    except AccumulatorOverflow as overflow:
+                        raise AccumulatorOverflow(f"{query.label}: {overflow} for the input "
+                                                  f"{witness.tolist()} in the region") from None
+                    raise RuntimeError(f"{query.label}: CP-SAT found an overflow at layer {index} neuron "
+                                       f"{neuron} that the executor does not reproduce")
+                if status != cp_model.INFEASIBLE:
+                    return bounds, f"accumulator overflow not excluded at layer {index} neuron {neuron}: timeout"
+            bounds = bounds.with_safe_accumulators(index, neurons, qnn.accumulator_bits)
+        return bounds, ""
