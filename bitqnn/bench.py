@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bitqnn.engines.registry import ENGINE_NAMES, make_engine
 from bitqnn.outcome import Verdict
 from bitqnn.properties import robust_violation
 from bitqnn.qnn import QNN, execute
@@ -71,6 +72,12 @@ def summarize_engine(results: list[Result]) -> dict:
 
 
 def run_benchmark(args: argparse.Namespace) -> int:
+    engines = args.engines.split(",")
+    unknown = [name for name in engines if name not in ENGINE_NAMES]
+    if unknown:
+        print(f"bitqnn: error: unknown engine {unknown[0]!r}; choose from {', '.join(ENGINE_NAMES)}", file=sys.stderr)
+        return 2
+    solvers = {name: make_engine(name) for name in engines}  # every engine loads before the first query
     try:
         qnn, images, labels, _ = load_benchmark(args.model, args.data, args.images)
     except BenchInputError as error:
@@ -78,7 +85,6 @@ def run_benchmark(args: argparse.Namespace) -> int:
         return 2
     radii = [int(r) for r in args.radii.split(",")]
     queries = make_queries(qnn, images, labels, radii)
-    engines = args.engines.split(",")
     report: dict = {"model": args.model, "config": CONFIG.describe(), "queries": len(queries),
                     "radii": radii, "engines": {}}
     per_query: dict[str, list[dict]] = {}
@@ -87,7 +93,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
         results = []
         started = time.perf_counter()
         for number, query in enumerate(queries, start=1):
-            result = verify(query, engine, timeout)
+            result = verify(query, solvers[engine], timeout)
             results.append(result)
             print(f"  [{engine} {number}/{len(queries)}] {query.label}: {result.verdict.value} "
                   f"{result.seconds:.2f}s {result.engine}", flush=True)

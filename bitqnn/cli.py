@@ -35,18 +35,21 @@ def _compile(path: str):
 
 def cmd_prove(args: argparse.Namespace) -> int:
     from bitqnn import report
+    from bitqnn.engines.registry import make_engine
     from bitqnn.verify import verify
 
     obligations = _compile(args.spec)
     if args.smtlib:
         _export_smtlib(obligations, Path(args.smtlib))
+    engines = {name: make_engine(name, args.workers)
+               for name in {args.engine or o.options["engine"] for o in obligations}}
     results = []
     for number, obligation in enumerate(obligations, start=1):
         engine = args.engine or obligation.options["engine"]
         timeout = args.timeout or obligation.options["timeout"]
         print(f"[{number}/{len(obligations)}] {obligation.query.label} ({engine}, {timeout:g}s) ...",
               file=sys.stderr, flush=True)
-        results.append(verify(obligation.query, engine, timeout, args.workers))
+        results.append(verify(obligation.query, engines[engine], timeout))
     semantics = [o.query.network.describe() for o in obligations]
     if args.json:
         print(report.to_json(results, semantics))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bitqnn.engines.registry import make_engine
 from bitqnn.outcome import Outcome, Verdict
 from bitqnn.query import Query
 from bitqnn.replay import replay
@@ -29,8 +28,8 @@ class Result:
     stats: dict = field(default_factory=dict)
 
 
-def verify(query: Query, engine_name: str, timeout: float, workers: int = 2) -> Result:
-    engine = make_engine(engine_name, workers)
+def verify(query: Query, engine, timeout: float) -> Result:
+    """Solve with an engine object (see `engines.registry.make_engine`) and replay any witness."""
     outcome: Outcome = engine.solve(query, timeout)
     stats = {k: v for k, v in outcome.stats.items() if isinstance(v, int | float | str)}
     if outcome.verdict is not Verdict.FALSIFIED:

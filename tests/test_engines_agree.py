@@ -5,6 +5,8 @@ conv, max-pool and lookup layers. Zero disagreements are allowed, and every
 counterexample must replay on the reference executor.
 """
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -14,7 +16,7 @@ from bitqnn.engines.bounds_only import BoundsEngine
 from bitqnn.engines.cpsat import CpSatEngine
 from bitqnn.engines.enumeration import EnumerationEngine, box_points
 from bitqnn.outcome import Verdict
-from bitqnn.qnn import check_input, execute, run_layer
+from bitqnn.qnn import AccumulatorOverflow, check_input, execute, run_layer
 from bitqnn.symbolic import symbolic_bounds
 from tests.netgen import REQUANT_KINDS, random_conv_qnn, random_dense_qnn, random_query
 
@@ -78,16 +80,20 @@ def test_bounds_contain_every_reachable_value():
                     assert np.all(acc >= layer_bounds.acc_lo) and np.all(acc <= layer_bounds.acc_hi)
 
 
-def test_wraparound_accumulators_are_encoded_exactly():
-    """A 6-bit accumulator that really wraps: CP-SAT must follow the wrapped values."""
-    from dataclasses import replace
-
-    checked = wrapped = 0
+def narrow_accumulator_cases(overflow: str):
+    """The random cases again, with 6-bit accumulators; yields (query, every point of its box)."""
     for seed in range(60):
         _, query = random_case(seed)
-        qnn = replace(query.network, accumulator_bits=6, overflow="wrap", _cache={})
+        qnn = replace(query.network, accumulator_bits=6, overflow=overflow, _cache={})
         query = replace(query, network=qnn)
-        points = box_points(query.region.lo, query.region.hi, 0, query.region.points)
+        yield seed, query, box_points(query.region.lo, query.region.hi, 0, query.region.points)
+
+
+def test_wraparound_accumulators_are_encoded_exactly():
+    """A 6-bit accumulator that really wraps: CP-SAT must follow the wrapped values."""
+    checked = wrapped = 0
+    for seed, query, points in narrow_accumulator_cases("wrap"):
+        qnn = query.network
         raw = np.abs(run_layer(replace(qnn, accumulator_bits=64, _cache={}), 0, check_input(qnn, points))[1])
         wrapped += int(np.any(raw >= 32))
         expected = EnumerationEngine().solve(query, 60).verdict
@@ -98,18 +104,10 @@ def test_wraparound_accumulators_are_encoded_exactly():
 
 def test_reachable_overflow_is_an_error_and_unreachable_overflow_is_cleared():
     """overflow='error' with a 6-bit accumulator: CP-SAT must find exactly the boxes that overflow."""
-    from dataclasses import replace
-
-    from bitqnn.qnn import AccumulatorOverflow
-
     raised = cleared = 0
-    for seed in range(60):
-        _, query = random_case(seed)
-        qnn = replace(query.network, accumulator_bits=6, overflow="error", _cache={})
-        query = replace(query, network=qnn)
-        points = box_points(query.region.lo, query.region.hi, 0, query.region.points)
+    for seed, query, points in narrow_accumulator_cases("error"):
         try:
-            execute(qnn, points)
+            execute(query.network, points)
             truth = EnumerationEngine().solve(query, 60).verdict
         except AccumulatorOverflow:
             truth = None
@@ -118,6 +116,6 @@ def test_reachable_overflow_is_an_error_and_unreachable_overflow_is_cleared():
                 CpSatEngine().solve(query, 60)
             raised += 1
         else:
-            cleared += bool(interval_bounds(qnn, query.region).overflow_sites())
+            cleared += bool(interval_bounds(query.network, query.region).overflow_sites())
             assert CpSatEngine().solve(query, 60).verdict is truth, seed
     assert raised >= 10 and cleared >= 1
