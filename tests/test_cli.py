@@ -36,6 +36,15 @@ def test_falsified_properties_come_with_replayed_counterexamples(capsys):
         assert len(result["witness"]) == 64 and len(result["outputs"]) == 10
 
 
+def test_fixed_point_spec_runs_the_quantizer_and_both_exact_engines(capsys):
+    code, out, _ = run(capsys, "prove", SPECS / "digits_fixed_point.qspec", "--json")
+    assert code == EXIT_FALSIFIED
+    results = json.loads(out)["results"]
+    assert [r["verdict"] for r in results] == ["proved", "proved", "falsified"]
+    assert results[1]["engine"] == "smt"
+    assert results[2]["onnxruntime_checked"] is False  # a quantized-in-bitqnn network has no ONNX file
+
+
 def test_timeout_gives_unknown_with_its_exit_code(capsys, tmp_path):
     spec = tmp_path / "hard.qspec"
     spec.write_text(f'network q = onnx "{ROOT}/examples/digits/digits_q8.onnx"\n'
@@ -105,3 +114,33 @@ def test_console_script_runs_as_a_process():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "4 properties checked" in done.stdout
+
+
+def _softmax_model(path: Path) -> None:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((2, 3), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w"], ["h"], transB=1, name="fc"),
+         helper.make_node("Softmax", ["h"], ["y"], name="probabilities")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), path)
+
+
+@pytest.mark.parametrize("model, fragment", [
+    ("softmax.onnx", "'probabilities' (Softmax)"),
+    ("garbage.onnx", "garbage.onnx"),
+])
+def test_bad_models_named_in_the_spec_are_rejected_before_solving(capsys, tmp_path, model, fragment):
+    if model == "softmax.onnx":
+        _softmax_model(tmp_path / model)
+    else:
+        (tmp_path / model).write_bytes(b"not a protobuf")
+    spec = tmp_path / "s.qspec"
+    spec.write_text(f'network q = onnx "{model}"\nprove robust(q, box(lo=0, hi=1), label=0)\n')
+    code, _, err = run(capsys, "prove", spec)
+    assert code == EXIT_INPUT
+    assert fragment in err and "s.qspec:1:" in err and "Traceback" not in err
