@@ -32,7 +32,7 @@ import z3
 from pysmt.exceptions import SolverReturnedUnknownResultError
 from pysmt.typing import BVType
 
-from bitqnn.encode import bitvector
+from bitqnn.encode import bitvector, bv_signal
 from bitqnn.engines import smt
 from bitqnn.properties import robust_violation
 from bitqnn.qnn import QNN, Dense, execute
@@ -110,7 +110,7 @@ class PysmtTerm:
 
 
 class PysmtAdapter:
-    """Stands in for the `z3` module inside bitqnn.encode.bitvector."""
+    """Stands in for the `z3` module inside bitqnn.encode.bitvector and bv_signal."""
 
     BitVecRef = BoolRef = PysmtTerm
 
@@ -165,11 +165,11 @@ class PysmtAdapter:
 
 @contextmanager
 def pysmt_terms():
-    bitvector.z3 = PysmtAdapter
+    bitvector.z3 = bv_signal.z3 = PysmtAdapter
     try:
         yield
     finally:
-        bitvector.z3 = z3
+        bitvector.z3 = bv_signal.z3 = z3
 
 
 def pysmt_backends() -> list[str]:

@@ -123,8 +123,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_benchmark(args)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bitqnn")
+    except PackageNotFoundError:
+        return "(source checkout)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bitqnn", description="Bit-precise verification of quantized networks.")
+    parser.add_argument("--version", action="version", version=f"bitqnn {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     prove = sub.add_parser("prove", help="prove or refute every property in a .qspec file")
     prove.add_argument("spec")

@@ -9,15 +9,8 @@ import numpy as np
 import pytest
 import z3
 
-from bitqnn.encode.bitvector import (
-    Signal,
-    export_smtlib,
-    rebias,
-    round_shift,
-    signed_width,
-    tflite_requant,
-    variable,
-)
+from bitqnn.encode.bitvector import export_smtlib, tflite_requant
+from bitqnn.encode.bv_signal import Signal, rebias, round_shift, signed_width, variable
 from bitqnn.engines import smt
 from bitqnn.engines.enumeration import EnumerationEngine
 from bitqnn.engines.smt import YICES, SmtEngine
