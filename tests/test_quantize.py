@@ -65,3 +65,45 @@ def test_quantized_network_tracks_the_float_network():
 def test_bias_finer_than_the_accumulator_is_rejected():
     with pytest.raises(QuantizationError, match="bias fraction bits"):
         quantize_fixed_point(small_net(), FixedPointConfig(weight_frac=4, input_frac=4, bias_frac=12))
+
+
+def fraction_reference(net: FloatNetwork, qnn, x_real: np.ndarray, config: FixedPointConfig) -> list[int]:
+    """The fixed-point semantics written out with Python Fractions, one neuron at a time."""
+    from fractions import Fraction
+
+    from tests.test_requant import reference_round
+
+    values = [reference_round(Fraction(float(v)) * 2**config.input_frac, config.weight_rounding) for v in x_real]
+    values = [min(max(v, 0), 2**config.input_bits - 1) for v in values]
+    frac_in = config.input_frac
+    for layer, qlayer in zip(net.layers, qnn.layers, strict=True):
+        w_frac = int(np.log2(np.abs(qlayer.weight).max() / np.abs(layer.weight).max()) + 0.5)
+        out = []
+        for row, bias in zip(layer.weight, layer.bias, strict=True):
+            weights = [min(max(reference_round(Fraction(float(w)) * 2**w_frac, config.weight_rounding),
+                               -(2 ** (config.weights - 1))), 2 ** (config.weights - 1) - 1) for w in row]
+            b = reference_round(Fraction(float(bias)) * 2 ** (w_frac + frac_in), config.weight_rounding)
+            acc = sum(w * v for w, v in zip(weights, values, strict=True)) + b
+            if qlayer.output.requant is None:
+                out.append(acc)
+                continue
+            shift = int(qlayer.output.requant.shift[0])
+            q = reference_round(Fraction(acc, 2**shift), config.rounding)
+            out.append(min(max(q, qlayer.output.lo), qlayer.output.hi))
+        values = out
+        if qlayer.output.requant is not None:
+            frac_in = w_frac + frac_in - int(qlayer.output.requant.shift[0])
+    return values
+
+
+@pytest.mark.parametrize("rounding", list(Rounding))
+def test_fixed_point_executor_matches_a_fraction_reference(rounding):
+    rng = np.random.default_rng(11)
+    net = small_net(4)
+    config = FixedPointConfig(weights=6, activations=5, input_bits=8, input_frac=8, rounding=rounding,
+                              weight_rounding=rounding)
+    calibration = rng.uniform(0, 1, (200, 6))
+    qnn = quantize_fixed_point(net, config, calibration)
+    for x_real in rng.uniform(0, 1, (150, 6)):
+        got = execute(qnn, qnn.quantize_input(x_real))[0].tolist()
+        assert got == fraction_reference(net, qnn, x_real, config)
