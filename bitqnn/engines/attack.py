@@ -57,30 +57,34 @@ class AttackEngine:
     name = "attack"
 
     def __init__(self, budget: float = 2.0, restarts: int = 4, seed: int = 0) -> None:
-        self.budget = budget
+        self.budget = budget  # CPU seconds of this process, so a loaded machine does not starve the search
         self.restarts = restarts
         self.seed = seed
 
     def solve(self, query: Query, timeout: float) -> Outcome:
         start = time.perf_counter()
-        deadline = start + min(timeout, self.budget)
+        cpu_limit = time.process_time() + self.budget
+
+        def out_of_time() -> bool:
+            return time.perf_counter() - start > timeout or time.process_time() > cpu_limit
+
         rng = np.random.default_rng(self.seed)
         lo, hi = query.region.lo, query.region.hi
         starts = [np.clip((lo + hi) // 2, lo, hi)] + [rng.integers(lo, hi + 1) for _ in range(self.restarts - 1)]
         evaluations = 0
         for point in starts:
             for term in query.violation.terms:
-                witness, used = self._descend(query, Violation((term,)), point, deadline)
+                witness, used = self._descend(query, Violation((term,)), point, out_of_time)
                 evaluations += used
                 if witness is not None:
                     return Outcome(Verdict.FALSIFIED, self.name, time.perf_counter() - start,
                                    witness=witness, stats={"evaluations": evaluations})
-                if time.perf_counter() > deadline:
+                if out_of_time():
                     break
         return Outcome.unknown(self.name, time.perf_counter() - start, "no counterexample found",
                                evaluations=evaluations)
 
-    def _descend(self, query: Query, term: Violation, point: np.ndarray, deadline: float):
+    def _descend(self, query: Query, term: Violation, point: np.ndarray, out_of_time):
         qnn, lo, hi = query.network, query.region.lo, query.region.hi
         x = point.copy()
         evaluations = 0
@@ -94,7 +98,7 @@ class AttackEngine:
             evaluations += 2
         score = violation_score(term, execute(qnn, x))[0]
         # greedy coordinate moves on the exact executor
-        while score < 0 and time.perf_counter() < deadline:
+        while score < 0 and not out_of_time():
             moves = np.concatenate([np.tile(x, (x.size, 1)), np.tile(x, (x.size, 1))])
             moves[np.arange(x.size), np.arange(x.size)] = lo
             moves[x.size + np.arange(x.size), np.arange(x.size)] = hi
