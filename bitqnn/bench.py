@@ -142,4 +142,5 @@ def _check_agreement(per_query: dict[str, list[dict]]) -> None:
         if len(decided) > 1:
             conflicts += 1
             print(f"CONFLICT on query {i}: {dict(zip(engines, [r['verdict'] for r in rows], strict=True))}")
-    print(f"engine agreement: {conflicts} conflicts over {len(rows) if per_query else 0} queries")
+    queries = len(next(iter(per_query.values()), []))
+    print(f"engine agreement: {conflicts} conflicts over {queries} queries")
