@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bitqnn.bounds import LayerBounds, NetworkBounds, interval_bounds
+from bitqnn.bounds import LayerBounds, NetworkBounds, interval_bounds, prune_violation
 from bitqnn.qnn import QNN, Conv2d, Dense, Reshape
-from bitqnn.query import Box
+from bitqnn.query import Box, Violation
 from bitqnn.requant import OutputStage
 
 RELATIVE_MARGIN = 1e-9
@@ -175,6 +175,10 @@ class SymbolicAnalysis:
     def __init__(self, qnn: QNN, box: Box) -> None:
         self._tightener = _Tightener(qnn, box)
         self.bounds = self._tightener.run()
+
+    def prune(self, violation: Violation) -> tuple[Violation, bool]:
+        """`prune_violation` with each atom bounded by back-substitution, not by output intervals."""
+        return prune_violation(violation, self.bounds.output, lambda atom: self.output_range(atom.terms))
 
     def output_range(self, terms: tuple[tuple[int, int], ...]) -> tuple[int, int]:
         """Sound integer range of sum(c * y[i]) over the box, by back-substitution."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 
-from bitqnn.bounds import prune_violation
 from bitqnn.outcome import Outcome, Verdict
 from bitqnn.query import Query
 from bitqnn.symbolic import SymbolicAnalysis
@@ -20,8 +19,7 @@ class BoundsEngine:
     def solve(self, query: Query, timeout: float) -> Outcome:
         start = time.perf_counter()
         analysis = SymbolicAnalysis(query.network, query.region)
-        violation, everywhere = prune_violation(query.violation, analysis.bounds.output,
-                                                lambda atom: analysis.output_range(atom.terms))
+        violation, everywhere = analysis.prune(query.violation)
         elapsed = time.perf_counter() - start
         if everywhere:
             return Outcome(Verdict.FALSIFIED, self.name, elapsed, witness=query.region.lo.copy())

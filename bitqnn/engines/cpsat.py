@@ -34,8 +34,7 @@ class CpSatEngine:
         if self.bounds_mode == "symbolic":
             analysis = SymbolicAnalysis(query.network, query.region)
             bounds = analysis.bounds
-            violation, trivially_violated = prune_violation(
-                query.violation, bounds.output, lambda atom: analysis.output_range(atom.terms))
+            violation, trivially_violated = analysis.prune(query.violation)
         else:
             bounds = interval_bounds(query.network, query.region)
             violation, trivially_violated = prune_violation(query.violation, bounds.output)
