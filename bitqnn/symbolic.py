@@ -15,13 +15,15 @@ from their interval bounds.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
 
 from bitqnn.bounds import LayerBounds, NetworkBounds, interval_bounds, prune_violation
+from bitqnn.hull import stage_hull
 from bitqnn.qnn import QNN, Conv2d, Dense, Reshape
-from bitqnn.query import Box, Violation
+from bitqnn.query import Box, Query, Violation
 from bitqnn.requant import OutputStage
 
 RELATIVE_MARGIN = 1e-9
@@ -57,17 +59,22 @@ def _best_line(starts: np.ndarray, ends: np.ndarray, values: np.ndarray, slopes:
 
 
 def relax_stage(stage: OutputStage, channel: int, acc_lo: int, acc_hi: int) -> tuple[float, float, float, float]:
-    """(lower slope, lower offset, upper slope, upper offset) for one neuron."""
+    """(lower slope, lower offset, upper slope, upper offset) for one neuron.
+
+    Candidate slopes are the flat line, the chord, the central slope and every edge of
+    the stage's exact convex hull; the hull edges are what make narrow ranges tight.
+    """
     starts, values = stage.steps(channel, acc_lo, acc_hi)
     if len(starts) == 1:
         return 0.0, float(values[0]), 0.0, float(values[0])
+    hull = stage_hull(starts, values, acc_hi)
     ends = np.append(starts[1:] - 1, acc_hi)
     values = values.astype(np.float64)
     chord = (values[-1] - values[0]) / float(acc_hi - acc_lo)
     central = (values[-1] - values[0]) / max(float(starts[-1] - ends[0]), 1.0)
-    candidates = [0.0, chord, central]
-    lower_k, lower_b = _best_line(starts, ends, values, candidates, upper=False)
-    upper_k, upper_b = _best_line(starts, ends, values, candidates, upper=True)
+    common = [0.0, chord, central]
+    lower_k, lower_b = _best_line(starts, ends, values, common + [e.slope for e in hull.lower], upper=False)
+    upper_k, upper_b = _best_line(starts, ends, values, common + [e.slope for e in hull.upper], upper=True)
     return lower_k, lower_b, upper_k, upper_b
 
 
@@ -187,6 +194,16 @@ class SymbolicAnalysis:
             coeffs[0, index] += c
         low, high = self._tightener.backsubstitute(coeffs, np.zeros(1), len(self._tightener.qnn.layers) - 1)
         return int(low[0]), int(high[0])
+
+
+_ANALYSES: weakref.WeakKeyDictionary[Query, SymbolicAnalysis] = weakref.WeakKeyDictionary()
+
+
+def analysis_of(query: Query) -> SymbolicAnalysis:
+    """The query's analysis, computed once however many portfolio stages ask for it."""
+    if query not in _ANALYSES:
+        _ANALYSES[query] = SymbolicAnalysis(query.network, query.region)
+    return _ANALYSES[query]
 
 
 def symbolic_bounds(qnn: QNN, box: Box) -> NetworkBounds:

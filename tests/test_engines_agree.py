@@ -16,7 +16,7 @@ from bitqnn.engines.bounds_only import BoundsEngine
 from bitqnn.engines.cpsat import CpSatEngine
 from bitqnn.engines.enumeration import EnumerationEngine, box_points
 from bitqnn.outcome import Verdict
-from bitqnn.qnn import AccumulatorOverflow, check_input, execute, run_layer
+from bitqnn.qnn import AccumulatorOverflow, Lookup, MaxPool2d, check_input, execute, run_layer
 from bitqnn.symbolic import symbolic_bounds
 from tests.netgen import REQUANT_KINDS, random_conv_qnn, random_dense_qnn, random_query
 
@@ -119,3 +119,21 @@ def test_reachable_overflow_is_an_error_and_unreachable_overflow_is_cleared():
             cleared += bool(interval_bounds(query.network, query.region).overflow_sites())
             assert CpSatEngine().solve(query, 60).verdict is truth, seed
     assert raised >= 10 and cleared >= 1
+
+
+def test_lp_guided_attack_finds_most_counterexamples_and_only_real_ones():
+    truth, attack = EnumerationEngine(), AttackEngine(budget=0.5, phases=("lp",))
+    falsifiable = found = 0
+    for seed in range(CASES):
+        _, query = random_case(seed)
+        if any(isinstance(layer, MaxPool2d | Lookup) for layer in query.network.layers):
+            continue  # the LP models dense, conv and reshape layers only
+        expected = truth.solve(query, 60).verdict
+        outcome = attack.solve(query, 5)
+        assert outcome.verdict in (Verdict.FALSIFIED, Verdict.UNKNOWN)
+        if outcome.verdict is Verdict.FALSIFIED:
+            assert expected is Verdict.FALSIFIED and replays(query, outcome.witness)
+            found += 1
+        falsifiable += expected is Verdict.FALSIFIED
+    print(f"LP-guided attack: {found} of {falsifiable} falsifiable cases")
+    assert falsifiable >= 40 and found >= 0.8 * falsifiable

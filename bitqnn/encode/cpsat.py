@@ -15,6 +15,7 @@ import numpy as np
 from ortools.sat.python import cp_model
 
 from bitqnn.bounds import NetworkBounds
+from bitqnn.hull import stage_hull
 from bitqnn.qnn import QNN, Conv2d, Dense, Lookup, MaxPool2d, Reshape
 from bitqnn.query import LinearAtom
 from bitqnn.requant import OutputStage, Rounding, ShiftRequant
@@ -105,11 +106,27 @@ class _Builder:
             if b.lo[n] == b.hi[n]:
                 out.append(int(b.lo[n]))
                 continue
-            acc = self.accumulator(index, n, form.matrix[n], int(form.offset[n]), values)
             acc_lo, acc_hi = int(b.acc_lo[n]), int(b.acc_hi[n])
-            out.append(self.output_stage(stage, int(form.channels[n]), acc, acc_lo, acc_hi,
-                                         int(b.lo[n]), int(b.hi[n]), f"{index}_{n}"))
+            acc = self.new_var(acc_lo, acc_hi, f"a{index}_{n}")
+            self.model.add(acc == self.accumulator(index, n, form.matrix[n], int(form.offset[n]), values))
+            y = self.output_stage(stage, int(form.channels[n]), acc, acc_lo, acc_hi,
+                                  int(b.lo[n]), int(b.hi[n]), f"{index}_{n}")
+            if stage.requant is not None and not isinstance(y, int):
+                self.hull_rows(stage, int(form.channels[n]), acc, acc_lo, acc_hi, y)
+            out.append(y)
         return out
+
+    def hull_rows(self, stage: OutputStage, channel: int, acc: Value, acc_lo: int, acc_hi: int, y: Value) -> None:
+        """The stage's exact convex hull as redundant integer rows: they change no solution,
+        only tighten CP-SAT's LP relaxation, which is what its proofs lean on."""
+        starts, values = stage.steps(channel, acc_lo, acc_hi)
+        hull = stage_hull(starts, values, acc_hi)
+        for edge in hull.upper:
+            if edge.y1 != edge.y0:
+                self.model.add((edge.x1 - edge.x0) * (y - edge.y0) <= (edge.y1 - edge.y0) * (acc - edge.x0))
+        for edge in hull.lower:
+            if edge.y1 != edge.y0:
+                self.model.add((edge.x1 - edge.x0) * (y - edge.y0) >= (edge.y1 - edge.y0) * (acc - edge.x0))
 
     def output_stage(self, stage: OutputStage, channel: int, acc, acc_lo: int, acc_hi: int,
                      y_lo: int, y_hi: int, name: str) -> Value:

@@ -1,10 +1,17 @@
 """Cheap falsification: search for a counterexample before any exact solving.
 
 Exact engines are slowest exactly where a counterexample exists, and a local search
-finds most of those in milliseconds. The search steers by the straight-through Jacobian
-(each requantization treated as its local slope, clamps as cut-offs) and then improves
-the best point by greedy single-coordinate moves scored on the exact executor. It can
-only ever answer FALSIFIED (with a witness checked on the executor) or UNKNOWN.
+finds most of those in milliseconds. Two phases, both scored on the exact executor:
+
+1. Gradient: sign steps on the straight-through Jacobian (each requantization treated as
+   its local slope, clamps as cut-offs), then greedy single-coordinate moves.
+2. LP-guided: the optimum of the network's LP relaxation for one violation term (exact
+   per-neuron hulls, `encode.lp`), rounded several ways, then a random walk of small
+   moves that accepts ties. The walk is what crosses the plateaus of a quantized network,
+   where single moves change nothing; the LP point is what puts it near the steps that
+   matter.
+
+It can only ever answer FALSIFIED (with a witness checked on the executor) or UNKNOWN.
 """
 
 from __future__ import annotations
@@ -13,9 +20,11 @@ import time
 
 import numpy as np
 
+from bitqnn.encode.lp import relaxation_point
 from bitqnn.outcome import Outcome, Verdict
 from bitqnn.qnn import QNN, Conv2d, Dense, Lookup, MaxPool2d, execute, run_layer
 from bitqnn.query import Query, Violation
+from bitqnn.symbolic import analysis_of
 
 
 def violation_score(violation: Violation, outputs: np.ndarray) -> np.ndarray:
@@ -56,10 +65,15 @@ def straight_through_jacobian(qnn: QNN, x: np.ndarray) -> np.ndarray:
 class AttackEngine:
     name = "attack"
 
-    def __init__(self, budget: float = 2.0, restarts: int = 4, seed: int = 0) -> None:
+    def __init__(self, budget: float = 2.0, restarts: int = 4, seed: int = 0,
+                 phases: tuple[str, ...] = ("gradient", "lp")) -> None:
+        unknown = set(phases) - {"gradient", "lp"}
+        if unknown:
+            raise ValueError(f"unknown attack phase {sorted(unknown)[0]!r}")
         self.budget = budget  # CPU seconds of this process, so a loaded machine does not starve the search
         self.restarts = restarts
         self.seed = seed
+        self.phases = phases
 
     def solve(self, query: Query, timeout: float) -> Outcome:
         start = time.perf_counter()
@@ -69,6 +83,26 @@ class AttackEngine:
             return time.perf_counter() - start > timeout or time.process_time() > cpu_limit
 
         rng = np.random.default_rng(self.seed)
+        evaluations = 0
+        share = 1 / 3 if "lp" in self.phases else 1.0  # the LP phase must get its turn
+        gradient_limit = time.process_time() + self.budget * share
+
+        def gradient_out_of_time() -> bool:
+            return out_of_time() or time.process_time() > gradient_limit
+
+        chosen = {"gradient": (self._gradient_phase, gradient_out_of_time), "lp": (self._lp_phase, out_of_time)}
+        for phase, limit in (chosen[name] for name in self.phases):
+            witness, used = phase(query, rng, limit)
+            evaluations += used
+            if witness is not None:
+                return Outcome(Verdict.FALSIFIED, self.name, time.perf_counter() - start,
+                               witness=witness, stats={"evaluations": evaluations, "phase": phase.__name__[1:]})
+            if out_of_time():
+                break
+        return Outcome.unknown(self.name, time.perf_counter() - start, "no counterexample found",
+                               evaluations=evaluations)
+
+    def _gradient_phase(self, query: Query, rng: np.random.Generator, out_of_time):
         lo, hi = query.region.lo, query.region.hi
         starts = [np.clip((lo + hi) // 2, lo, hi)] + [rng.integers(lo, hi + 1) for _ in range(self.restarts - 1)]
         evaluations = 0
@@ -76,13 +110,51 @@ class AttackEngine:
             for term in query.violation.terms:
                 witness, used = self._descend(query, Violation((term,)), point, out_of_time)
                 evaluations += used
-                if witness is not None:
-                    return Outcome(Verdict.FALSIFIED, self.name, time.perf_counter() - start,
-                                   witness=witness, stats={"evaluations": evaluations})
-                if out_of_time():
-                    break
-        return Outcome.unknown(self.name, time.perf_counter() - start, "no counterexample found",
-                               evaluations=evaluations)
+                if witness is not None or out_of_time():
+                    return witness, evaluations
+        return None, evaluations
+
+    def _lp_phase(self, query: Query, rng: np.random.Generator, out_of_time):
+        """Walk from rounded LP optima, one violation term at a time, most promising first."""
+        analysis = analysis_of(query)
+        violation, _ = analysis.prune(query.violation)
+        evaluations = 0
+        lo, hi = query.region.lo, query.region.hi
+        for term in violation.terms:
+            if len(term) != 1 or out_of_time():
+                continue  # a conjunction of atoms has no single objective to aim at
+            point = relaxation_point(query.network, analysis.bounds, term[0].terms, time_limit=self.budget)
+            if point is None:
+                continue
+            for rounding in range(self.restarts):
+                jitter = 0.5 if rounding == 0 else rng.random(point.shape)  # nearest, then randomized
+                start = np.clip(np.floor(point + jitter).astype(np.int64), lo, hi)
+                witness, used = self._walk(query, Violation((term,)), start, rng, out_of_time)
+                evaluations += used
+                if witness is not None or out_of_time():
+                    return witness, evaluations
+        return None, evaluations
+
+    def _walk(self, query: Query, term: Violation, x: np.ndarray, rng: np.random.Generator, out_of_time,
+              batch: int = 256, patience: int = 40):
+        """Batches of 1-3 coordinate moves; the best is taken if it is no worse (ties cross plateaus)."""
+        qnn, lo, hi = query.network, query.region.lo, query.region.hi
+        score = violation_score(term, execute(qnn, x))[0]
+        evaluations, stale = 1, 0
+        while score < 0 and stale < patience and not out_of_time():
+            moves = np.tile(x, (batch, 1))
+            rows = np.repeat(np.arange(batch), 3)
+            cols = rng.integers(0, x.size, rows.size)
+            keep = rng.random(rows.size) < np.tile([1.0, 0.5, 0.25], batch)
+            rows, cols = rows[keep], cols[keep]
+            moves[rows, cols] = rng.integers(lo[cols], hi[cols] + 1)
+            scores = violation_score(term, execute(qnn, moves))
+            evaluations += batch
+            best = int(np.argmax(scores))
+            stale = 0 if scores[best] > score else stale + 1
+            if scores[best] >= score:
+                x, score = moves[best], scores[best]
+        return (x if score >= 0 else None), evaluations
 
     def _descend(self, query: Query, term: Violation, point: np.ndarray, out_of_time):
         qnn, lo, hi = query.network, query.region.lo, query.region.hi

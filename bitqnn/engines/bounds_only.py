@@ -10,7 +10,7 @@ import time
 
 from bitqnn.outcome import Outcome, Verdict
 from bitqnn.query import Query
-from bitqnn.symbolic import SymbolicAnalysis
+from bitqnn.symbolic import analysis_of
 
 
 class BoundsEngine:
@@ -18,7 +18,7 @@ class BoundsEngine:
 
     def solve(self, query: Query, timeout: float) -> Outcome:
         start = time.perf_counter()
-        analysis = SymbolicAnalysis(query.network, query.region)
+        analysis = analysis_of(query)
         violation, everywhere = analysis.prune(query.violation)
         elapsed = time.perf_counter() - start
         if everywhere:

@@ -16,7 +16,7 @@ from bitqnn.encode.cpsat import UnsupportedEncoding, encode_term, overflow_model
 from bitqnn.outcome import Outcome, Verdict
 from bitqnn.qnn import AccumulatorOverflow, execute
 from bitqnn.query import Query
-from bitqnn.symbolic import SymbolicAnalysis
+from bitqnn.symbolic import analysis_of
 
 
 class CpSatEngine:
@@ -32,7 +32,7 @@ class CpSatEngine:
     def solve(self, query: Query, timeout: float) -> Outcome:
         start = time.perf_counter()
         if self.bounds_mode == "symbolic":
-            analysis = SymbolicAnalysis(query.network, query.region)
+            analysis = analysis_of(query)
             bounds = analysis.bounds
             violation, trivially_violated = analysis.prune(query.violation)
         else:

@@ -17,6 +17,7 @@ from bitqnn.query import Query
 class Stage:
     engine: object  # anything with .name and .solve(query, timeout)
     share: float = 1.0  # the fraction of the remaining time this stage may use
+    cap: float | None = None  # and at most this many seconds
 
 
 class SequentialPortfolio:
@@ -31,7 +32,8 @@ class SequentialPortfolio:
             remaining = timeout - (time.perf_counter() - start)
             if remaining <= 0:
                 break
-            outcome = stage.engine.solve(query, remaining * stage.share)
+            allowed = remaining * stage.share if stage.cap is None else min(remaining * stage.share, stage.cap)
+            outcome = stage.engine.solve(query, allowed)
             if outcome.verdict is not Verdict.UNKNOWN:
                 stats = dict(outcome.stats, stage=stage.engine.name)
                 return Outcome(outcome.verdict, f"{self.name}:{stage.engine.name}",

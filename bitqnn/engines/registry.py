@@ -18,9 +18,14 @@ def _smt(backend: str = "z3"):
 
 
 def _auto(workers: int):
+    """Cheapest first: bounds; a gradient attack; CP-SAT for the quick proofs; the LP-guided
+    attack for counterexamples CP-SAT's search misses; then CP-SAT with all that is left."""
+    cpsat = CpSatEngine(workers=workers)
     return SequentialPortfolio("auto", [Stage(BoundsEngine()),
-                                        Stage(AttackEngine(budget=0.5), share=0.1),
-                                        Stage(CpSatEngine(workers=workers))])
+                                        Stage(AttackEngine(budget=0.5, phases=("gradient",)), share=0.1),
+                                        Stage(cpsat, cap=5.0),
+                                        Stage(AttackEngine(budget=5.0, phases=("lp",)), share=0.2),
+                                        Stage(cpsat)])
 
 
 FACTORIES: dict[str, Callable[[int], object]] = {
