@@ -17,12 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from bitqnn.bounds import interval_bounds
 from bitqnn.engines.registry import ENGINE_NAMES, make_engine
 from bitqnn.outcome import Verdict
 from bitqnn.properties import robust_violation
 from bitqnn.qnn import QNN, execute
 from bitqnn.quantize import FixedPointConfig, quantize_fixed_point
 from bitqnn.query import Box, Query
+from bitqnn.symbolic import SymbolicAnalysis
 from bitqnn.verify import Result, verify
 
 CONFIG = FixedPointConfig(weights=6, activations=6, input_bits=8, input_frac=8)
@@ -64,11 +66,30 @@ def make_queries(qnn: QNN, images: np.ndarray, labels: np.ndarray, radii: list[i
 
 
 def summarize_engine(results: list[Result]) -> dict:
-    times = [r.seconds for r in results]
+    times = sorted(r.seconds for r in results)
     counts = {v.value: sum(r.verdict is v for r in results) for v in Verdict}
     decided = counts["proved"] + counts["falsified"]
+    stages: dict[str, dict[str, int]] = {}
+    for r in results:
+        if r.verdict is not Verdict.UNKNOWN:
+            stage = stages.setdefault(r.engine.split(":")[-1], {"proved": 0, "falsified": 0})
+            stage[r.verdict.value] += 1
     return {**counts, "decided_share": decided / len(results), "median_s": statistics.median(times),
-            "total_s": sum(times), "max_s": max(times)}
+            "p95_s": times[min(len(times) - 1, int(0.95 * len(times)))],
+            "total_s": sum(times), "max_s": max(times), "decided_by": stages}
+
+
+def measure_bounds(queries: list[Query], radii: list[int]) -> dict:
+    """Mean unstable neurons per radius under interval and symbolic bounds: what the
+    symbolic analysis buys before any solver runs."""
+    per_radius: dict[int, dict[str, float]] = {}
+    for radius in radii:
+        chosen = [q for q in queries if q.label.endswith(f"radius {radius}")]
+        interval = [interval_bounds(q.network, q.region).unstable_neurons(q.network)[0] for q in chosen]
+        symbolic = [SymbolicAnalysis(q.network, q.region).bounds.unstable_neurons(q.network)[0] for q in chosen]
+        per_radius[radius] = {"interval_unstable": float(np.mean(interval)),
+                              "symbolic_unstable": float(np.mean(symbolic))}
+    return per_radius
 
 
 def run_benchmark(args: argparse.Namespace) -> int:
@@ -85,8 +106,10 @@ def run_benchmark(args: argparse.Namespace) -> int:
         return 2
     radii = [int(r) for r in args.radii.split(",")]
     queries = make_queries(qnn, images, labels, radii)
+    _, total = interval_bounds(qnn, queries[0].region).unstable_neurons(qnn)
     report: dict = {"model": args.model, "config": CONFIG.describe(), "queries": len(queries),
-                    "radii": radii, "engines": {}}
+                    "radii": radii, "hidden_neurons": total, "bounds": measure_bounds(queries, radii),
+                    "engines": {}}
     per_query: dict[str, list[dict]] = {}
     for position, engine in enumerate(engines):
         timeout = args.timeout if position == 0 or args.smt_timeout is None else args.smt_timeout
@@ -103,7 +126,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
         summary["by_radius"] = {r: summarize_engine([res for res, q in zip(results, queries, strict=True)
                                                      if q.label.endswith(f"radius {r}")]) for r in radii}
         report["engines"][engine] = summary
-        per_query[engine] = [{"query": q.label, "verdict": r.verdict.value, "seconds": r.seconds}
+        per_query[engine] = [{"query": q.label, "verdict": r.verdict.value, "seconds": r.seconds,
+                              "decided_by": r.engine}
                              for q, r in zip(queries, results, strict=True)]
     _print_table(report, engines)
     _check_agreement(per_query)
@@ -130,7 +154,10 @@ def _print_table(report: dict, engines: list[str]) -> None:
     for engine in engines:
         for radius, s in report["engines"][engine]["by_radius"].items():
             print(f"  {engine} radius {radius}: {s['proved']} proved, {s['falsified']} falsified, "
-                  f"{s['unknown']} unknown, median {s['median_s']:.2f}s")
+                  f"{s['unknown']} unknown, median {s['median_s']:.2f}s, decided by {s['decided_by']}")
+    for radius, b in report["bounds"].items():
+        print(f"  radius {radius}: unstable neurons of {report['hidden_neurons']}, mean: "
+              f"{b['interval_unstable']:.1f} with intervals, {b['symbolic_unstable']:.1f} with symbolic bounds")
 
 
 def _check_agreement(per_query: dict[str, list[dict]]) -> None:
