@@ -81,9 +81,9 @@ def build_one(name: str, hidden: tuple[int, ...], data: tuple[np.ndarray, ...]) 
     print(f"{name}: float ONNX test accuracy {onnx_accuracy(path, x_te, y_te):.4f}")
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(description: str) -> argparse.Namespace:
     """Only the data location is configurable; everything else is pinned."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--data",
         type=Path,
@@ -93,13 +93,18 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def build_models(models: dict[str, tuple[int, ...]], description: str) -> tuple[np.ndarray, ...]:
+    """Train and export each named model on the data given by --data; returns the data."""
+    data = load_data(parse_args(description).data)
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    for name, hidden in models.items():
+        build_one(name, hidden, data)
+    return data
+
+
 def main() -> None:
     """Build every benchmark model."""
-    args = parse_args()
-    data = load_data(args.data)
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    for name, hidden in MODELS.items():
-        build_one(name, hidden, data)
+    build_models(MODELS, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

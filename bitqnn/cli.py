@@ -13,11 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
+from bitqnn.bench_error import add_arguments as add_error_arguments
 from bitqnn.engines.registry import ENGINE_NAMES
+from bitqnn.error_verify import ERROR_ENGINES
 from bitqnn.outcome import Verdict
 from bitqnn.qnn import AccumulatorOverflow
 
 EXIT_PROVED, EXIT_FALSIFIED, EXIT_UNKNOWN, EXIT_INPUT, EXIT_INTERNAL = 0, 10, 20, 2, 3
+ERROR_KINDS = ("error", "bound")  # statements about quantization error, answered by error_verify
 
 
 class InputError(Exception):
@@ -39,17 +42,25 @@ def cmd_prove(args: argparse.Namespace) -> int:
     from bitqnn.verify import verify
 
     obligations = _compile(args.spec)
+    if args.engine:
+        _check_engine_fits(obligations, args.engine)
     if args.smtlib:
-        _export_smtlib(obligations, Path(args.smtlib))
+        _export_smtlib([o for o in obligations if o.kind not in ERROR_KINDS], Path(args.smtlib))
+    robustness = [o for o in obligations if o.kind not in ERROR_KINDS]
     engines = {name: make_engine(name, args.workers)
-               for name in {args.engine or o.options["engine"] for o in obligations}}
+               for name in {args.engine or o.options["engine"] for o in robustness}}
     results = []
     for number, obligation in enumerate(obligations, start=1):
         engine = args.engine or obligation.options["engine"]
         timeout = args.timeout or obligation.options["timeout"]
         print(f"[{number}/{len(obligations)}] {obligation.query.label} ({engine}, {timeout:g}s) ...",
               file=sys.stderr, flush=True)
-        results.append(verify(obligation.query, engines[engine], timeout))
+        if obligation.kind in ERROR_KINDS:
+            from bitqnn.error_verify import error_result
+
+            results.append(error_result(obligation.query, obligation.kind, timeout, engine))
+        else:
+            results.append(verify(obligation.query, engines[engine], timeout))
     semantics = [o.query.network.describe() for o in obligations]
     if args.json:
         print(report.to_json(results, semantics))
@@ -62,6 +73,15 @@ def cmd_prove(args: argparse.Namespace) -> int:
     if Verdict.FALSIFIED in verdicts:
         return EXIT_FALSIFIED
     return EXIT_UNKNOWN if Verdict.UNKNOWN in verdicts else EXIT_PROVED
+
+
+def _check_engine_fits(obligations, engine: str) -> None:
+    """--engine applies to every statement, so it must be one each kind of statement accepts."""
+    for obligation in obligations:
+        accepted = ERROR_ENGINES if obligation.kind in ERROR_KINDS else ENGINE_NAMES
+        if engine not in accepted:
+            raise InputError(f"--engine {engine} cannot answer {obligation.query.label}; "
+                             f"that statement takes one of {', '.join(accepted)}")
 
 
 def _export_smtlib(obligations, target: Path) -> None:
@@ -77,8 +97,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     obligations = _compile(args.spec)
     for obligation in obligations:
         query = obligation.query
+        cases = (f"{len(query.outputs)} output(s)" if obligation.kind in ERROR_KINDS
+                 else f"{len(query.violation.terms)} case(s)")
         print(f"ok  {query.label}: {obligation.kind}, {query.network.name}, "
-              f"{query.region.points} input points, {len(query.violation.terms)} case(s), "
+              f"{query.region.points} input points, {cases}, "
               f"engine {obligation.options['engine']}, timeout {obligation.options['timeout']:g}s")
     print(f"{args.spec}: {len(obligations)} propert{'y' if len(obligations) == 1 else 'ies'} checked")
     return EXIT_PROVED
@@ -123,6 +145,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_benchmark(args)
 
 
+def cmd_bench_error(args: argparse.Namespace) -> int:
+    from bitqnn.bench_error import run_error_benchmark
+
+    return run_error_benchmark(args)
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -138,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     prove = sub.add_parser("prove", help="prove or refute every property in a .qspec file")
     prove.add_argument("spec")
-    prove.add_argument("--engine", choices=ENGINE_NAMES, help="override the spec's engine")
+    prove.add_argument("--engine", choices=ENGINE_NAMES + tuple(e for e in ERROR_ENGINES if e not in ENGINE_NAMES),
+                       help="override the spec's engine (error statements take auto, dra, search, milp)")
     prove.add_argument("--timeout", type=float, help="seconds per property, overriding the spec")
     prove.add_argument("--workers", type=int, default=2, help="CP-SAT search workers (default 2)")
     prove.add_argument("--json", action="store_true", help="machine-readable output on stdout")
@@ -155,17 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--key", default=None, help="array name inside an npz file")
     run.set_defaults(run=cmd_run)
     bench = sub.add_parser("bench", help="run a benchmark (reads ../shared/data)")
-    bench.add_argument("suite", choices=["robustness"])
-    bench.add_argument("--model", default="benchmarks/models/fashion_784_64_32.onnx")
-    bench.add_argument("--data", default="../shared/data/fashion_mnist.npz")
-    bench.add_argument("--images", type=int, default=25)
-    bench.add_argument("--radii", default="1,2,3,4")
-    bench.add_argument("--engines", default="auto,smt")
-    bench.add_argument("--timeout", type=float, default=60.0)
-    bench.add_argument("--smt-timeout", type=float, default=None,
-                       help="per-query timeout for engines other than the first (default: --timeout)")
-    bench.add_argument("--out", default="bench-results/robustness.json")
-    bench.set_defaults(run=cmd_bench)
+    suites = bench.add_subparsers(dest="suite", required=True)
+    robustness = suites.add_parser("robustness", help="the core robustness benchmark, every engine")
+    robustness.add_argument("--model", default="benchmarks/models/fashion_784_64_32.onnx")
+    robustness.add_argument("--data", default="../shared/data/fashion_mnist.npz")
+    robustness.add_argument("--images", type=int, default=25)
+    robustness.add_argument("--radii", default="1,2,3,4")
+    robustness.add_argument("--engines", default="auto,smt")
+    robustness.add_argument("--timeout", type=float, default=60.0)
+    robustness.add_argument("--smt-timeout", type=float, default=None,
+                            help="per-query timeout for engines other than the first (default: --timeout)")
+    robustness.add_argument("--out", default="bench-results/robustness.json")
+    robustness.set_defaults(run=cmd_bench)
+    errorbound = suites.add_parser("errorbound", help="quantization error bounds: DRA modes and the pipeline")
+    add_error_arguments(errorbound)
+    errorbound.set_defaults(run=cmd_bench_error)
     return parser
 
 

@@ -106,6 +106,9 @@ class QNN:
     semantics: str = "exact integer"
     name: str = "network"
     onnx_path: str | None = None  # set for imported models: witnesses are replayed there too
+    # real value of one output step of each layer (one per channel, or a single value), so
+    # hidden values can be compared with a float network's; None where no source states it
+    layer_scales: tuple[np.ndarray, ...] | None = None
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property

@@ -117,7 +117,9 @@ def quantize_fixed_point(net: FloatNetwork, config: FixedPointConfig,
     frac_in = config.input_frac
     layers = []
     output_frac = frac_in
+    scales = []
     for position, layer in enumerate(net.layers):
+        scales.append(np.array([2.0**-output_frac]))  # shape-only layers keep their input's scale
         if not isinstance(layer, FloatDense | FloatConv2d):
             layers.append(layer)
             continue
@@ -127,6 +129,7 @@ def quantize_fixed_point(net: FloatNetwork, config: FixedPointConfig,
         qlayer, output_frac = _quantize_linear(layer, settings, config, frac_in, maxima[position], last)
         layers.append(qlayer)
         frac_in = output_frac
+        scales[-1] = np.array([2.0**-output_frac])
     if any(not isinstance(layer, Dense | Conv2d | MaxPool2d | Reshape) for layer in layers):
         raise QuantizationError("unsupported layer in the float network")
     return QNN(
@@ -134,7 +137,7 @@ def quantize_fixed_point(net: FloatNetwork, config: FixedPointConfig,
         layers=tuple(layers), input_scale=2.0**-config.input_frac, input_zero=0,
         output_scale=np.array([2.0**-output_frac]), output_zero=0,
         accumulator_bits=32, overflow="error", input_rounding=config.weight_rounding,
-        semantics=config.describe(), name=f"{net.name} quantized")
+        semantics=config.describe(), name=f"{net.name} quantized", layer_scales=tuple(scales))
 
 
 def _quantize_linear(layer: FloatDense | FloatConv2d, settings: LayerConfig, config: FixedPointConfig,

@@ -13,6 +13,8 @@ VERDICT_WORDS = {Verdict.PROVED: "PROVED", Verdict.FALSIFIED: "FALSIFIED", Verdi
 
 
 def _detail(result: Result) -> str:
+    if "proven" in result.stats or "witnessed" in result.stats:  # an error bound: the numbers are the answer
+        return result.reason
     if result.verdict is Verdict.FALSIFIED:
         where = "reference executor" + (" and onnxruntime" if result.onnxruntime_checked else "")
         return f"counterexample replayed on the {where}; outputs {result.outputs}"
@@ -39,9 +41,12 @@ def table(results: list[Result], semantics: list[str]) -> str:
     for line in sorted(set(semantics)):
         lines.append(f"semantics: {line}")
     for result in results:
-        if result.verdict is Verdict.FALSIFIED:
-            lines.append(f"counterexample for {result.label}:")
+        if result.witness is not None and (result.verdict is Verdict.FALSIFIED or "witnessed" in result.stats):
+            lines.append(f"{'counterexample' if result.verdict is Verdict.FALSIFIED else 'largest error'} "
+                         f"for {result.label}:")
             lines.append(f"  input (integers): {result.witness}")
+            if "witnessed" in result.stats:
+                lines.append(f"  error per output (QNN - float, replayed in float64): {result.outputs_real}")
     return "\n".join(lines)
 
 

@@ -211,9 +211,10 @@ def test_hash_inside_a_string_is_not_a_comment():
     ("region r = linf(x0, 2\nprove robust(q, r)", 1, 22,
      "unexpected end of line; expected ')' or 'real'"),
     ('let x = sample "a.npz" 3', 1, 24, ("unexpected number 3; expected 'index', 'key', a statement "
-     "(options, network, let, region, prove) or the end of the file (pick a row with: index N)")),
+     "(options, network, let, region, prove, bound) or the end of the file (pick a row with: index N)")),
     ("prove robust(q, r) label=3", 1, 20, ("unexpected 'label'; expected 'with', a statement (options, network, "
-     "let, region, prove) or the end of the file (it goes inside the parentheses, as in robust(q, r, label=3))")),
+     "let, region, prove, bound) or the end of the file "
+     "(it goes inside the parentheses, as in robust(q, r, label=3))")),
     ("prove robust(q, r, 3)", 1, 20, "unexpected number 3; expected 'label' (name it: label=N)"),
     ("prove targeted(q, r, 3)", 1, 22, "unexpected number 3; expected 'target' (name it: target=N)"),
     ("prove q(r): y[0] = 1", 1, 18, ("unexpected '='; expected '+', '-' or a comparison (>=, >, <=, <) "
@@ -229,11 +230,12 @@ def test_hash_inside_a_string_is_not_a_comment():
     ('let x = sample "abc\n', 1, 16,
      "unexpected character '\"'; expected a quoted string (a string ends with \" on the same line)"),
     ("regoin r = linf(x0, 1)", 1, 1,
-     "unexpected name 'regoin'; expected a statement (options, network, let, region, prove) or the end of the file"),
+     "unexpected name 'regoin'; expected a statement (options, network, let, region, prove, bound) "
+     "or the end of the file"),
     ("network p = quantize f with fixed(weights=6\n  activations=6)", 1, 44,
      "unexpected end of line; expected ')' or ','"),
     ("prove q(r): y[0] >= 1 @", 1, 23, ("unexpected character '@'; expected '*', '+', '-', 'and', 'or', 'with', "
-     "a statement (options, network, let, region, prove) or the end of the file")),
+     "a statement (options, network, let, region, prove, bound) or the end of the file")),
     ("options timeout=", 1, 17, "unexpected end of file; expected a name, a number or a quoted string"),
     ("prove q(r): y[-1] >= 0", 1, 15, "unexpected '-'; expected a number"),
     ("network q = onnx \"m.onnx\"\n\nprove robust(q r)", 3, 16, "unexpected name 'r'; expected ','"),

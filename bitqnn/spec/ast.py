@@ -192,7 +192,29 @@ class LinearProperty:
     pos: Pos
 
 
-Property = Robust | Targeted | LinearProperty
+@dataclass(frozen=True)
+class ErrorTerm:
+    """error(f, q, region[, output=j]): |q(x) - f(x)| on output j, or on all outputs (L-inf)."""
+
+    float_net: Ident
+    network: Ident  # the QNN, named `network` like every property's subject
+    region: RegionUse
+    output: Number | None
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class ErrorBound:
+    term: ErrorTerm
+    eps: Number
+    pos: Pos
+
+    @property
+    def network(self) -> Ident:
+        return self.term.network
+
+
+Property = Robust | Targeted | LinearProperty | ErrorBound
 
 
 # ---- networks ----
@@ -263,7 +285,17 @@ class ProveStmt:
     pos: Pos
 
 
-Statement = OptionsStmt | NetworkStmt | LetStmt | RegionStmt | ProveStmt
+@dataclass(frozen=True)
+class BoundStmt:
+    """bound error(...): report the tightest error bound found, proven and witnessed."""
+
+    term: ErrorTerm
+    options: tuple[Option, ...]
+    text: str
+    pos: Pos
+
+
+Statement = OptionsStmt | NetworkStmt | LetStmt | RegionStmt | ProveStmt | BoundStmt
 
 
 @dataclass(frozen=True)

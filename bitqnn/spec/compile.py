@@ -16,7 +16,10 @@ from typing import Literal
 
 import numpy as np
 
+from bitqnn.error_query import ErrorQuery
+from bitqnn.error_verify import ERROR_ENGINES
 from bitqnn.floatnet import FloatNetwork
+from bitqnn.pairing import PairingError, pair_layers
 from bitqnn.properties import robust_violation, targeted_violation
 from bitqnn.qnn import QNN, execute
 from bitqnn.query import Query, Violation
@@ -32,7 +35,7 @@ from bitqnn.spec.regions import Region, resolve
 DEFAULT_OPTIONS: dict[str, object] = {"timeout": 60.0, "engine": "auto", "tiebreak": "strict"}
 ENGINE_OPTIONS = ("timeout", "engine")  # what travels with the query; tiebreak is part of the property
 
-Kind = Literal["robust", "targeted", "linear"]
+Kind = Literal["robust", "targeted", "linear", "error", "bound"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,7 +48,7 @@ class Obligation:
     text: str
     pos: ast.Pos
     kind: Kind
-    query: Query
+    query: Query | ErrorQuery  # ErrorQuery for kinds error and bound
     options: dict
 
 
@@ -121,8 +124,12 @@ class _Compiler:
                 self.scope.define(statement.name, "point", self._point(statement.point))
             elif isinstance(statement, ast.RegionStmt):
                 self.scope.define(statement.name, "region", self._region(statement.region))
+            elif isinstance(statement, ast.ProveStmt) and isinstance(statement.prop, ast.ErrorBound):
+                obligations.append(self._error(statement.prop.term, statement.prop.eps, statement, "error", defaults))
             elif isinstance(statement, ast.ProveStmt):
                 obligations.append(self._prove(statement, defaults))
+            elif isinstance(statement, ast.BoundStmt):
+                obligations.append(self._error(statement.term, None, statement, "bound", defaults))
         return obligations
 
     def _network(self, source: ast.Onnx | ast.Quantize) -> QNN | FloatNetwork:
@@ -160,6 +167,39 @@ class _Compiler:
         label = f"{statement.text} @ {statement.pos.file}:{statement.pos.line}"
         return Obligation(statement.text, statement.pos, kind, Query(network, box, violation, label, engine_options),
                           engine_options)
+
+    def _error(self, term: ast.ErrorTerm, eps: ast.Number | None, statement: ast.ProveStmt | ast.BoundStmt,
+               kind: Kind, defaults: dict[str, object]) -> Obligation:
+        float_net = self.scope.get(term.float_net, "network")
+        qnn = self.scope.get(term.network, "network")
+        if not isinstance(float_net, FloatNetwork):
+            raise SpecError(f"'{term.float_net.name}' is quantized; error(f, q, ...) takes the float network first",
+                            term.float_net.pos)
+        if not isinstance(qnn, QNN):
+            raise SpecError(f"'{term.network.name}' is a float network; error(f, q, ...) takes a quantized one "
+                            "second", term.network.pos)
+        try:
+            pair_layers(float_net, qnn)
+        except PairingError as error:
+            raise SpecError(f"cannot compare '{term.network.name}' with '{term.float_net.name}': {error}",
+                            term.pos) from None
+        box = self._region(term.region).box(qnn, term.network.name, statement.pos)
+        outputs = tuple(range(qnn.output_size))
+        if term.output is not None:
+            outputs = (_class(term.output, qnn.output_size, term.network.name),)
+        if eps is not None and eps.value < 0:
+            raise SpecError(f"an error bound is at least 0; got {float(eps.value):g}", eps.pos)
+        schema = {**self.schema, "engine": choice(*ERROR_ENGINES)}
+        own = read_options(statement.options, {k: v for k, v in schema.items() if k != "tiebreak"},
+                           "bound" if kind == "bound" else "prove")
+        options = {name: {**defaults, **own}[name] for name in ENGINE_OPTIONS}
+        if options["engine"] not in ERROR_ENGINES:
+            raise SpecError(f"engine {options['engine']} does not bound errors; give this statement "
+                            f"`with engine=E` for E in {', '.join(ERROR_ENGINES)}", statement.pos)
+        text = statement.text
+        label = f"{text} @ {statement.pos.file}:{statement.pos.line}"
+        query = ErrorQuery(float_net, qnn, box, float(eps.value) if eps is not None else float("inf"), outputs, label)
+        return Obligation(text, statement.pos, kind, query, options)
 
     def _violation(self, prop: ast.Property, network: QNN, region: Region, tiebreak: str) -> tuple[Kind, Violation]:
         name = prop.network.name

@@ -89,7 +89,7 @@ _PATTERN_TERMINALS = {
 }
 _END = "$END"
 _TOKEN_FORMATS = {"NAME": "name '{}'", "NUMBER": "number {}", "STRING": "string {}", _END: "end of file"}
-_STATEMENT_KEYWORDS = ("options", "network", "let", "region", "prove")
+_STATEMENT_KEYWORDS = ("options", "network", "let", "region", "prove", "bound")
 
 # (unexpected token values or types, something that was expected, hint)
 _HINTS: tuple[tuple[frozenset[str], str, str], ...] = (

@@ -139,6 +139,20 @@ class _ToAst(Transformer):
         network, region, formula = children
         return ast.LinearProperty(network, region, formula, self._pos(meta))
 
+    def error_term(self, meta: Meta, children: list) -> ast.ErrorTerm:
+        float_net, network, region, output = children
+        return ast.ErrorTerm(float_net, network, region, output, self._pos(meta))
+
+    def error_bound(self, meta: Meta, children: list) -> ast.ErrorBound:
+        term, eps = children
+        return ast.ErrorBound(term, eps, self._pos(meta))
+
+    def bound_stmt(self, meta: Meta, children: list) -> ast.BoundStmt:
+        term, *options = children
+        written = strip_comments(self._source[meta.start_pos:meta.end_pos])
+        return ast.BoundStmt(term, tuple(o for o in options if o is not None), " ".join(written.split()),
+                             self._pos(meta))
+
     # ---- linear formulas ----
 
     def any_of(self, meta: Meta, parts: list) -> ast.AnyOf:

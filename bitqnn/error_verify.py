@@ -1,0 +1,152 @@
+"""The error-bound pipeline: DRA first, then a search for large errors, then the MILP.
+
+DRA settles most questions in milliseconds when eps is generous; a sampled and
+locally improved point settles most of the rest when eps is too tight; the complete
+MILP engine only sees what lies between. Every reported witness is an integer input whose
+error was computed on the reference executor and in float64, never a solver's value.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from bitqnn.dra import DifferentialAnalysis
+from bitqnn.error_query import ErrorOutcome, ErrorQuery
+from bitqnn.outcome import Verdict
+from bitqnn.verify import Result
+
+ERROR_ENGINES = ("auto", "dra", "search", "milp")
+
+
+def dra_bound(query: ErrorQuery, mode: str = "symbolic") -> float:
+    """A sound upper bound on max |error| over the box and the chosen outputs."""
+    bounds = DifferentialAnalysis(query.float_net, query.qnn, query.region).run(mode)
+    columns = list(query.outputs)
+    return float(np.max(np.maximum(np.abs(bounds.lo[columns]), np.abs(bounds.hi[columns]))))
+
+
+def search_error(query: ErrorQuery, budget: float, seed: int = 0) -> tuple[np.ndarray, float]:
+    """The point with the largest |error| found: box corners and random points, then
+    coordinate moves towards larger error while the budget (seconds) lasts."""
+    rng = np.random.default_rng(seed)
+    lo, hi = query.region.lo, query.region.hi
+    start = time.perf_counter()
+    candidates = np.vstack([(lo + hi) // 2, lo, hi, rng.integers(lo, hi + 1, (512, lo.size))])
+    scores = np.abs(query.errors(candidates)).max(axis=1)
+    best = int(np.argmax(scores))
+    x, score = candidates[best].copy(), float(scores[best])
+    while time.perf_counter() - start < budget:
+        moves = np.tile(x, (64, 1))
+        cols = rng.integers(0, x.size, 64)
+        moves[np.arange(64), cols] = rng.integers(lo[cols], hi[cols] + 1)
+        move_scores = np.abs(query.errors(moves)).max(axis=1)
+        top = int(np.argmax(move_scores))
+        if move_scores[top] >= score:
+            x, score = moves[top], float(move_scores[top])
+    return x, score
+
+
+def verify_error(query: ErrorQuery, timeout: float, engine: str = "auto", search_budget: float = 1.0) -> ErrorOutcome:
+    """Is max |error| <= eps? PROVED, FALSIFIED with a replayed witness, or UNKNOWN."""
+    if engine not in ERROR_ENGINES:
+        raise ValueError(f"unknown error-bound engine {engine!r}; choose from {', '.join(ERROR_ENGINES)}")
+    start = time.perf_counter()
+    proven = None
+    if engine in ("auto", "dra"):
+        proven = dra_bound(query)
+        if proven <= query.eps:
+            return ErrorOutcome(Verdict.PROVED, "dra", time.perf_counter() - start, proven=proven)
+    witness, witnessed = None, None
+    if engine in ("auto", "search"):
+        witness, witnessed = search_error(query, min(search_budget, timeout))
+        if witnessed > query.eps:
+            return ErrorOutcome(Verdict.FALSIFIED, "search", time.perf_counter() - start,
+                                witness=witness, witnessed=witnessed, proven=proven)
+    if engine in ("auto", "milp"):
+        from bitqnn.engines.error_milp import ErrorMilpEngine  # SCIP loads only when needed
+
+        remaining = timeout - (time.perf_counter() - start)
+        outcome = ErrorMilpEngine().solve(query, max(remaining, 0.0))
+        return _merge(outcome, witness, witnessed, proven, time.perf_counter() - start)
+    reason = "DRA bound above eps" if engine == "dra" else "no error above eps found"
+    return ErrorOutcome(Verdict.UNKNOWN, engine, time.perf_counter() - start, reason,
+                        witness=witness, witnessed=witnessed, proven=proven)
+
+
+def tightest_bound(query: ErrorQuery, timeout: float) -> ErrorOutcome:
+    """error <= proven (sound) and error >= witnessed (a replayed input), as close as time allows."""
+    from bitqnn.engines.error_milp import ErrorMilpEngine
+
+    start = time.perf_counter()
+    proven = dra_bound(query)
+    witness, witnessed = search_error(query, min(1.0, timeout / 10))
+    outcome = ErrorMilpEngine().maximize(query, max(timeout - (time.perf_counter() - start), 0.0))
+    return _merge(outcome, witness, witnessed, proven, time.perf_counter() - start)
+
+
+def _merge(outcome: ErrorOutcome, witness, witnessed, proven, seconds: float) -> ErrorOutcome:
+    """The MILP's answer, keeping the better of its and the earlier stages' bound and witness."""
+    if witnessed is not None and (outcome.witnessed is None or witnessed > outcome.witnessed):
+        outcome_witness, outcome_witnessed = witness, witnessed
+    else:
+        outcome_witness, outcome_witnessed = outcome.witness, outcome.witnessed
+    bounds = [b for b in (proven, outcome.proven) if b is not None]
+    return ErrorOutcome(outcome.verdict, f"auto:{outcome.engine}", seconds, outcome.reason, outcome_witness,
+                        outcome_witnessed, min(bounds) if bounds else None, outcome.stats)
+
+
+def error_result(query: ErrorQuery, kind: str, timeout: float, engine: str = "auto") -> Result:
+    """A spec statement's answer as a report row.
+
+    `prove error(...) <= eps` runs the pipeline; when it does not prove, the tightest bound
+    is computed too (with the same timeout again), so a failed proof always says how far
+    off it is. `bound error(...)` computes only the tightest bound: its row is PROVED for
+    the bound it reports.
+    """
+    outcome = None
+    if kind == "error":
+        outcome = verify_error(query, timeout, engine)
+    if outcome is None or outcome.verdict is not Verdict.PROVED:
+        bound = tightest_bound(query, timeout)
+        outcome = bound if outcome is None else _combine(query, outcome, bound)
+        if kind == "bound":
+            outcome = ErrorOutcome(Verdict.PROVED, bound.engine, bound.seconds, bound.reason, bound.witness,
+                                   bound.witnessed, bound.proven, bound.stats)
+    stats = {k: v for k, v in outcome.stats.items() if isinstance(v, int | float | str)}
+    if outcome.proven is not None:
+        stats["proven"] = outcome.proven
+    if outcome.witnessed is not None:
+        stats["witnessed"] = outcome.witnessed
+    witness = None if outcome.witness is None else np.asarray(outcome.witness, dtype=np.int64)
+    return Result(query.label, outcome.verdict, outcome.engine, outcome.seconds, describe_bound(outcome),
+                  witness=None if witness is None else witness.tolist(),
+                  witness_real=None if witness is None else query.real_inputs(witness)[0].tolist(),
+                  outputs_real=None if witness is None else query.errors(witness)[0].tolist(), stats=stats)
+
+
+def describe_bound(outcome: ErrorOutcome) -> str:
+    parts = []
+    if outcome.proven is not None:
+        parts.append(f"error <= {outcome.proven:.6g} proven")
+    if outcome.witnessed is not None:
+        parts.append(f"error >= {outcome.witnessed:.6g} witnessed")
+    if outcome.reason:
+        parts.append(outcome.reason)
+    return "; ".join(parts)
+
+
+def _combine(query: ErrorQuery, first: ErrorOutcome, bound: ErrorOutcome) -> ErrorOutcome:
+    """A failed prove's answer updated with the bound search's numbers, which may decide it."""
+    pairs = [(o.witnessed, o.witness) for o in (first, bound) if o.witnessed is not None]
+    witnessed, witness = max(pairs, key=lambda p: p[0]) if pairs else (None, None)
+    provens = [o.proven for o in (first, bound) if o.proven is not None]
+    proven = min(provens) if provens else None
+    verdict, engine = first.verdict, first.engine
+    if witnessed is not None and witnessed > query.eps:
+        verdict, engine = Verdict.FALSIFIED, bound.engine if witnessed == bound.witnessed else first.engine
+    elif proven is not None and proven <= query.eps:
+        verdict, engine = Verdict.PROVED, bound.engine
+    return ErrorOutcome(verdict, engine, first.seconds + bound.seconds, bound.reason, witness, witnessed,
+                        proven, {**bound.stats, **first.stats})

@@ -1,0 +1,216 @@
+"""The MILP error engine and the DRA against enumeration, on tiny quantized networks.
+
+Every grid point of each box is run through `ErrorQuery.errors`, so the true largest error
+is known exactly. The engine's witnesses must replay, its bounds must hold, and both
+verdicts must come out right on either side of the true maximum: 0 disagreements.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import cache
+
+import numpy as np
+import pytest
+
+from bitqnn.dra import MODES, DifferentialAnalysis
+from bitqnn.engines.enumeration import box_points
+from bitqnn.engines.error_milp import ErrorMilpEngine
+from bitqnn.error_query import ErrorQuery
+from bitqnn.floatnet import RELU, FloatDense, FloatNetwork
+from bitqnn.outcome import Verdict
+from bitqnn.qnn import Dense
+from bitqnn.quantize import FixedPointConfig, quantize_fixed_point
+from bitqnn.query import Box
+from bitqnn.requant import FixedPointMultiplierRequant, Float32Requant, OutputStage, Rounding, ShiftRequant
+
+SHIFT_CASES = 60  # all four roundings, 1 to 3 hidden layers, Q in {3, 4, 6, 8}
+TABLE_CASES = 6  # the same networks with multiplier requantization (exact step tables)
+TIMEOUT = 30.0  # per call; a tiny model never comes near it
+
+
+def slack(value: float) -> float:
+    """float64 round-off between batched and single-point forward passes (BLAS may sum a
+    batch in another order), which separates a replay from the enumerated maximum."""
+    return 1e-12 * (1.0 + abs(value))
+
+
+def random_float_net(rng: np.random.Generator, name: str) -> FloatNetwork:
+    n_in = int(rng.integers(2, 5))
+    sizes = [n_in] + [int(rng.integers(2, 6)) for _ in range(int(rng.integers(1, 4)))] + [int(rng.integers(1, 4))]
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        weight = rng.normal(0.0, 1.5 / np.sqrt(a), (b, a))
+        layers.append(FloatDense(weight, rng.normal(0.0, 0.3, b), RELU if i < len(sizes) - 2 else None))
+    return FloatNetwork((n_in,), tuple(layers), name=name)
+
+
+def random_query(seed: int, activation_bits: tuple[int, ...] = (3, 4, 6, 8)) -> ErrorQuery:
+    """A float MLP, its fixed-point QNN and a box of at most a few thousand grid points.
+
+    The input has only 3 to 5 bits, so a box spans a large part of the real input range
+    and many neurons are unstable on it (a box of 8-bit pixels would fix nearly all)."""
+    rng = np.random.default_rng(7000 + seed)
+    net = random_float_net(rng, f"random {seed}")
+    bits = int(rng.integers(3, 6))
+    config = FixedPointConfig(weights=int(rng.choice([3, 4, 6, 8])), activations=int(rng.choice(activation_bits)),
+                              input_bits=bits, input_frac=bits, rounding=list(Rounding)[seed % 4],
+                              output="accumulator" if rng.random() < 0.5 else "requantized")
+    n_in = net.input_shape[0]
+    qnn = quantize_fixed_point(net, config, rng.random((200, n_in)))
+    top = 2**bits - 1
+    center = rng.integers(0, top + 1, n_in)
+    radius = rng.integers(1, int(max(2, 3000 ** (1 / n_in) // 2)) + 1, n_in)
+    box = Box(np.clip(center - radius, 0, top).astype(np.int64), np.clip(center + radius, 0, top).astype(np.int64))
+    outputs = tuple(range(net.layers[-1].weight.shape[0]))
+    return ErrorQuery(net, qnn, box, 0.0, outputs, label=f"random {seed} {config.rounding.value}")
+
+
+def with_multiplier_requant(query: ErrorQuery, kind: str) -> ErrorQuery:
+    """The same QNN with every shift stage restated as a real multiplier 2**-shift, so the
+    engine has to fall back on the exact step table (float32: half even; tflite: half away)."""
+    layers = []
+    for layer in query.qnn.layers:
+        stage = layer.output
+        if isinstance(layer, Dense) and isinstance(stage.requant, ShiftRequant):
+            real = np.exp2(-np.asarray(stage.requant.shift, dtype=np.float64))
+            requant = (Float32Requant(real.astype(np.float32)) if kind == "float32"
+                       else FixedPointMultiplierRequant.from_real(real))
+            layer = dataclasses.replace(layer, output=OutputStage(requant, stage.zero, stage.lo, stage.hi))
+        layers.append(layer)
+    qnn = dataclasses.replace(query.qnn, layers=tuple(layers), _cache={})
+    return dataclasses.replace(query, qnn=qnn, label=f"{query.label} as {kind}")
+
+
+@cache
+def case(index: int) -> tuple[ErrorQuery, np.ndarray]:
+    """Query number `index` and its errors at every grid point of the box."""
+    if index < SHIFT_CASES:
+        query = random_query(index)
+    else:
+        offset = index - SHIFT_CASES
+        # few activation bits keep the step tables (one binary per step) small
+        query = with_multiplier_requant(random_query(100 + offset, (3, 4)), ("float32", "tflite")[offset % 2])
+    points = box_points(query.region.lo, query.region.hi, 0, query.region.points)
+    return query, query.errors(points)
+
+
+ALL_CASES = range(SHIFT_CASES + TABLE_CASES)
+
+
+def replayed(query: ErrorQuery, witness: np.ndarray) -> float:
+    assert query.region.contains(witness)
+    return float(np.abs(query.errors(witness)).max())
+
+
+def engine_for(index: int) -> ErrorMilpEngine:
+    """Half the cases without random sampling, so the MILP itself must find the witnesses."""
+    return ErrorMilpEngine(samples=0 if index % 2 else 64)
+
+
+def test_cases_cover_what_they_claim():
+    queries = [case(i)[0] for i in ALL_CASES]
+    assert {q.label.split()[2] for q in queries[:SHIFT_CASES]} == {r.value for r in Rounding}
+    depths = {len(q.float_net.layers) - 1 for q in queries}
+    assert depths == {1, 2, 3}
+    assert max(q.region.points for q in queries) <= 5000
+    unstable = sum(int(np.sum(~DifferentialAnalysis(q.float_net, q.qnn, q.region).q_bounds.layers[0].stable))
+                   for q in queries)
+    assert unstable > len(queries)  # the boxes are wide enough to leave neurons undecided
+
+
+def test_dra_bounds_every_grid_point():
+    failures = []
+    for index in ALL_CASES:
+        query, errors = case(index)
+        analysis = DifferentialAnalysis(query.float_net, query.qnn, query.region)
+        for mode in MODES:
+            bounds = analysis.run(mode)
+            if np.any(errors.min(axis=0) < bounds.lo) or np.any(errors.max(axis=0) > bounds.hi):
+                failures.append((query.label, mode))
+    assert failures == []
+
+
+def test_maximize_brackets_the_true_maximum():
+    failures = []
+    for index in ALL_CASES:
+        query, errors = case(index)
+        true_max = float(np.abs(errors).max())
+        outcome = engine_for(index).maximize(query, TIMEOUT)
+        ok = (outcome.witness is not None and replayed(query, outcome.witness) == outcome.witnessed
+              and outcome.witnessed <= true_max + slack(true_max) and true_max <= outcome.proven
+              and outcome.proven - true_max <= 1e-4 * (1 + true_max))  # complete on tiny models
+        if not ok:
+            failures.append((query.label, true_max, outcome.witnessed, outcome.proven, outcome.reason))
+        assert "tolerance" in outcome.stats and "margin" in outcome.reason
+    assert failures == []
+
+
+def test_solve_decides_eps_on_both_sides_of_the_true_maximum():
+    failures = []
+    for index in ALL_CASES:
+        query, errors = case(index)
+        true_max = float(np.abs(errors).max())
+        engine = engine_for(index)
+        if true_max > 1e-6:
+            below = engine.solve(dataclasses.replace(query, eps=true_max * 0.9), TIMEOUT)
+            if (below.verdict is not Verdict.FALSIFIED or below.witness is None
+                    or not replayed(query, below.witness) > true_max * 0.9):
+                failures.append((query.label, "below", below.verdict, below.reason))
+        above = engine.solve(dataclasses.replace(query, eps=true_max * 1.1 + 1e-6), TIMEOUT)
+        if above.verdict is not Verdict.PROVED or not true_max <= above.proven:
+            failures.append((query.label, "above", above.verdict, above.reason))
+    assert failures == []
+
+
+def test_multiplier_stages_use_step_tables():
+    query, _ = case(SHIFT_CASES)
+    outcome = ErrorMilpEngine(samples=0).maximize(query, TIMEOUT)
+    assert outcome.stats["model"]["binaries"] > 0
+
+
+def test_unpaired_networks_are_unknown_with_a_reason():
+    query, _ = case(0)
+    bare = dataclasses.replace(query, qnn=dataclasses.replace(query.qnn, layer_scales=None, _cache={}))
+    outcome = ErrorMilpEngine().solve(bare, TIMEOUT)
+    assert outcome.verdict is Verdict.UNKNOWN and "scale" in outcome.reason
+
+
+@pytest.mark.parametrize("eps_factor", [0.5, 2.0])
+def test_no_false_verdict_at_a_short_timeout(eps_factor):
+    """Whatever a tight budget cuts short, a verdict given must still be right."""
+    for index in range(0, SHIFT_CASES, 8):
+        query, errors = case(index)
+        true_max = float(np.abs(errors).max())
+        eps = true_max * eps_factor
+        outcome = ErrorMilpEngine(samples=0).solve(dataclasses.replace(query, eps=eps), 0.05)
+        if outcome.verdict is Verdict.PROVED:
+            assert true_max <= eps
+        if outcome.verdict is Verdict.FALSIFIED:
+            assert replayed(query, outcome.witness) > eps
+
+
+def test_scip_settings_avoid_the_varbound_fault():
+    """Five rows from a half-away rounding model on which SCIP 10.0.0 with default settings
+    returns an "optimal" point that violates a row by 7 units (y=4, q=-3, optimum 0.0723).
+    The engine's settings must give the true optimum, y=2 and q=-4 at 0.0607."""
+    from ortools.linear_solver import pywraplp
+
+    from bitqnn.engines.error_milp import SCIP_SETTINGS
+
+    solver = pywraplp.Solver.CreateSolver("SCIP")
+    y, f = solver.IntVar(0, 5, "y"), solver.NumVar(0, 0.0763746, "f")
+    a, q = solver.IntVar(-322, -207, "a"), solver.IntVar(-5, -3, "q")
+    g = solver.NumVar(-0.314433, -0.205473, "g")
+    for lo, hi, terms in [(-0.00939619, 0.0286454, [(y, 0.015625), (f, -1)]), (-322, -322, [(a, 1), (y, -23)]),
+                          (-31, 32, [(a, 1), (q, -64)]), (-0.314433, -0.314433, [(g, 1), (f, -1.42665)]),
+                          (0.0458, 0.0722597, [(q, 0.0625), (g, -1)])]:
+        row = solver.Constraint(lo, hi)
+        for var, coef in terms:
+            row.SetCoefficient(var, coef)
+    solver.Maximize(0.0625 * q - g)
+    solver.SetSolverSpecificParametersAsString(SCIP_SETTINGS)
+    assert solver.Solve() == pywraplp.Solver.OPTIMAL
+    assert solver.VerifySolution(1e-6, False)
+    assert (y.solution_value(), q.solution_value()) == (2, -4)
+    assert abs(solver.Objective().Value() - 0.0607171474) < 1e-8
