@@ -9,10 +9,12 @@ Three modes, kept side by side so their precision can be compared on the same qu
   activation difference splits into clamp_q(a_q) - clamp_q(a_f) (1-Lipschitz, so within
   [min(0, da), max(0, da)]), clamp_q(a_f) - clip_f(a_f) (where only one network clamps) and
   the rounding error read off the exact step function.
-- `symbolic`: linear bounds in the shared real input for both networks (a forward
-  DeepPoly-style pass; every activation, the QNN's clamp-plus-rounding and the float
-  ReLU, is one piecewise-linear map relaxed by two lines), subtracted before they are
-  concretised so the input terms cancel, and met with the concrete interval.
+- `symbolic`: linear bounds in the shared real input on the difference itself. The
+  accumulator difference is composed from the previous layer's difference lines and the
+  float network's own lines (a forward DeepPoly-style pass); each activation difference is
+  bounded by lines from both networks' relaxations (the QNN's clamp-plus-rounding and the
+  float ReLU, each a piecewise-linear map between two lines), where the input terms
+  cancel exactly if both are surely linear. Met with the concrete interval at every layer.
 
 All arithmetic is float64 with every concretised bound widened by a relative margin far
 above its rounding error; the result bounds the exact real difference, which the tests
@@ -165,10 +167,10 @@ class DifferentialAnalysis:
     def symbolic(self) -> DifferenceBounds:
         """Linear bounds in x on the difference itself, layer by layer.
 
-        Where both networks are surely in their linear region the difference passes
-        through exactly (plus the rounding error); where both surely sit on the same
-        clamp it is a constant; elsewhere it falls back to the concrete interval. Each
-        layer's bounds are met with the concrete mode's, so this is never looser.
+        Each activation's difference is bounded by lines built from the two networks'
+        own relaxations (`_difference_lines`), or by the concrete interval for a neuron
+        where that is tighter. Each layer's bounds are met with the concrete mode's, so
+        this is never looser.
         """
         n = self.x_lo.size
         zero = (np.zeros((n, n)), np.zeros(n))
@@ -184,19 +186,44 @@ class DifferentialAnalysis:
             da_lo = np.maximum(da_lo, self._concretise(*da_low, upper=False))
             da_hi = np.minimum(da_hi, self._concretise(*da_up, upper=True))
             y_lo, y_hi = self._activation_difference(layer, a_lo, a_hi, da_lo, da_hi)
-            e_lo, e_hi = self.rounding[layer.index]
+            af_up, af_low = _affine_lines(layer.float_weight, layer.float_bias, f_up, f_low)
+            d_up, d_low = self._difference_lines(layer, da_up, da_low, af_up, af_low, a_lo, a_hi)
             qa_lo, qa_hi = _q_real_accumulators(layer, self.q_bounds)
             f_clamp_lo, f_clamp_hi = _float_clamp(layer)
             passes = ((a_lo >= f_clamp_lo) & (a_hi <= f_clamp_hi)
-                      & (qa_lo >= layer.clamp_lo) & (qa_hi <= layer.clamp_hi))[:, None]
-            d_up = (np.where(passes, da_up[0], 0.0), np.where(passes[:, 0], da_up[1] + e_hi, y_hi))
-            d_low = (np.where(passes, da_low[0], 0.0), np.where(passes[:, 0], da_low[1] + e_lo, y_lo))
+                      & (qa_lo >= layer.clamp_lo) & (qa_hi <= layer.clamp_hi))
+            d_up = self._or_constant(d_up, y_hi, passes, upper=True)
+            d_low = self._or_constant(d_low, y_lo, passes, upper=False)
             d_lo = np.maximum(y_lo, self._concretise(*d_low, upper=False))
             d_hi = np.minimum(y_hi, self._concretise(*d_up, upper=True))
             f_up, f_low, _ = self._through(layer.float_weight, layer.float_bias, f_up, f_low, a_lo, a_hi,
                                            _float_clamp(layer))
             f_lo, f_hi = _clip(a_lo, layer.float_clip), _clip(a_hi, layer.float_clip)
         return DifferenceBounds(d_lo, d_hi)
+
+    def _difference_lines(self, layer: PairedLayer, da_up, da_low, af_up, af_low, a_lo, a_hi):
+        """Linear bounds on y_q - y_f from each network's activation relaxation.
+
+        With y_q <= ku a_q + bu + e and y_f >= kl' a_f + bl', and a_q = da + a_f:
+        y_q - y_f <= ku da + (ku - kl') a_f + (bu + e - bl'), and symmetrically below. Where
+        both networks are surely linear the a_f terms cancel and the difference passes
+        through exactly; elsewhere the remaining a_f term keeps its input dependence.
+        """
+        e_lo, e_hi = self.rounding[layer.index]
+        qa_lo, qa_hi = _q_real_accumulators(layer, self.q_bounds)
+        qku, qbu, qkl, qbl = _relax(_q_clamp(layer), qa_lo, qa_hi)
+        fku, fbu, fkl, fbl = _relax(_float_clamp(layer), a_lo, np.maximum(a_hi, a_lo))
+        upper = _plus(_scaled(da_up, da_low, qku), _scaled(af_up, af_low, qku - fkl), qbu + e_hi - fbl)
+        lower = _plus(_scaled(da_low, da_up, qkl), _scaled(af_low, af_up, qkl - fku), qbl + e_lo - fbu)
+        return upper, lower
+
+    def _or_constant(self, line, constant: np.ndarray, passes: np.ndarray, upper: bool):
+        """Per neuron, the line where the difference passes through linearly (its input
+        dependence pays off in later layers even when it concretises looser, as measured),
+        or elsewhere where it concretises no worse than the constant bound."""
+        value = self._concretise(*line, upper=upper)
+        keep = passes | (value <= constant if upper else value >= constant)
+        return np.where(keep[:, None], line[0], 0.0), np.where(keep, line[1], constant)
 
     def _concretise(self, coeffs: np.ndarray, const: np.ndarray, upper: bool) -> np.ndarray:
         lo, hi = _affine(coeffs, self.x_lo, self.x_hi, const)
@@ -226,6 +253,24 @@ def _compose(q_weight, d_first, d_second, gap, f_first, f_second, bias):
     coeffs = qp @ d_first[0] + qn @ d_second[0] + gp @ f_first[0] + gn @ f_second[0]
     const = qp @ d_first[1] + qn @ d_second[1] + gp @ f_first[1] + gn @ f_second[1] + bias
     return coeffs, const
+
+
+def _affine_lines(weight, bias, up, low):
+    """Upper and lower lines of weight @ v + bias from lines of v."""
+    pos, neg = np.maximum(weight, 0), np.minimum(weight, 0)
+    return ((pos @ up[0] + neg @ low[0], pos @ up[1] + neg @ low[1] + bias),
+            (pos @ low[0] + neg @ up[0], pos @ low[1] + neg @ up[1] + bias))
+
+
+def _scaled(same, other, factor: np.ndarray):
+    """factor * v as a line on the side of `same`, per neuron (a negative factor flips sides)."""
+    chosen = np.where((factor >= 0)[:, None], same[0], other[0])
+    const = np.where(factor >= 0, same[1], other[1])
+    return factor[:, None] * chosen, factor * const
+
+
+def _plus(a, b, const: np.ndarray):
+    return a[0] + b[0], a[1] + b[1] + const
 
 
 def _float_clamp(layer: PairedLayer) -> tuple[np.ndarray, np.ndarray]:
