@@ -75,13 +75,19 @@ def verify_error(query: ErrorQuery, timeout: float, engine: str = "auto", search
                         witness=witness, witnessed=witnessed, proven=proven)
 
 
-def tightest_bound(query: ErrorQuery, timeout: float) -> ErrorOutcome:
-    """error <= proven (sound) and error >= witnessed (a replayed input), as close as time allows."""
-    from bitqnn.engines.error_milp import ErrorMilpEngine
+def tightest_bound(query: ErrorQuery, timeout: float, engine: str = "auto") -> ErrorOutcome:
+    """error <= proven (sound) and error >= witnessed (a replayed input), as close as time allows.
 
+    The MILP sharpens both numbers only for engines that include it (auto, milp); with dra
+    or search the answer is the DRA bound and the best point a short search finds.
+    """
     start = time.perf_counter()
     proven = dra_bound(query)
     witness, witnessed = search_error(query, min(1.0, timeout / 10))
+    if engine not in ("auto", "milp"):
+        return ErrorOutcome(Verdict.UNKNOWN, engine, time.perf_counter() - start, "", witness, witnessed, proven)
+    from bitqnn.engines.error_milp import ErrorMilpEngine
+
     outcome = ErrorMilpEngine().maximize(query, max(timeout - (time.perf_counter() - start), 0.0))
     return _merge(outcome, witness, witnessed, proven, time.perf_counter() - start)
 
@@ -101,15 +107,15 @@ def error_result(query: ErrorQuery, kind: str, timeout: float, engine: str = "au
     """A spec statement's answer as a report row.
 
     `prove error(...) <= eps` runs the pipeline; when it does not prove, the tightest bound
-    is computed too (with the same timeout again), so a failed proof always says how far
-    off it is. `bound error(...)` computes only the tightest bound: its row is PROVED for
-    the bound it reports.
+    is computed too (with the same timeout again, and the same engine), so a failed proof
+    always says how far off it is. `bound error(...)` computes only the tightest bound: its
+    row is PROVED for the bound it reports.
     """
     outcome = None
     if kind == "error":
         outcome = verify_error(query, timeout, engine)
     if outcome is None or outcome.verdict is not Verdict.PROVED:
-        bound = tightest_bound(query, timeout)
+        bound = tightest_bound(query, timeout, engine)
         outcome = bound if outcome is None else _combine(query, outcome, bound)
         if kind == "bound":
             outcome = ErrorOutcome(Verdict.PROVED, bound.engine, bound.seconds, bound.reason, bound.witness,

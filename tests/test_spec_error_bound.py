@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from bitqnn.cli import EXIT_FALSIFIED, EXIT_PROVED, main
+from bitqnn.cli import EXIT_FALSIFIED, EXIT_PROVED, EXIT_UNKNOWN, main
 from bitqnn.error_query import ErrorQuery
 from bitqnn.spec import SpecError, compile_spec, compile_text
 from tests.test_cli import ROOT
@@ -79,3 +79,13 @@ def test_shipped_error_specs_prove_and_falsify(capsys, monkeypatch):
         replayed = obligation.query.errors(np.array(result["witness"]))[0]
         assert np.abs(replayed).max() > obligation.query.eps  # the witness really breaks the bound
         assert result["stats"]["witnessed"] <= result["stats"]["proven"]
+
+
+def test_a_dra_only_prove_that_fails_stays_unknown_with_both_numbers(capsys, tmp_path):
+    spec = tmp_path / "tight.qspec"
+    spec.write_text(HEADER + "prove error(f, q, linf(x0, 1)) <= 1.5 with engine=dra\n")
+    code = main(["prove", str(spec), "--json"])
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert code == EXIT_UNKNOWN and result["verdict"] == "unknown"
+    assert result["stats"]["witnessed"] <= 1.5 < result["stats"]["proven"]  # DRA only: the MILP never ran
+    assert result["seconds"] < 10
