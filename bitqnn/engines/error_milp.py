@@ -22,8 +22,12 @@ different footing:
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -158,6 +162,26 @@ def solver_parameters() -> pywraplp.MPSolverParameters:
     return params
 
 
+@contextlib.contextmanager
+def quiet_native_output() -> Iterator[None]:
+    """Silence what SCIP and SoPlex print from C (for instance that an LP tolerance was
+    raised to 1e-10 for want of GMP, which the margin already covers), so it cannot
+    interleave with bitqnn's own table and progress lines."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(os.devnull, "w") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
 Hint = tuple[list, list]
 
 
@@ -173,7 +197,8 @@ def run_milp(model: ErrorModel, pair: Pair, seconds: float, extra: str, hint: Hi
     solver.SetSolverSpecificParametersAsString(SCIP_SETTINGS + extra)
     solver.SetHint(*(hint or ([], [])))
     start = time.perf_counter()
-    status = solver.Solve(solver_parameters())
+    with quiet_native_output():
+        status = solver.Solve(solver_parameters())
     elapsed = time.perf_counter() - start
     points, objective, bound = [], None, math.inf
     if status in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE) and not solver.VerifySolution(
@@ -208,7 +233,8 @@ def full_hint(model: ErrorModel, point: np.ndarray, seconds: float, extra: str =
     solver.SetTimeLimit(max(int(seconds * 1000), 1))
     solver.SetSolverSpecificParametersAsString(SCIP_SETTINGS + extra)
     try:
-        status = solver.Solve(solver_parameters())
+        with quiet_native_output():
+            status = solver.Solve(solver_parameters())
         if status not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
             return None
         variables = solver.variables()
