@@ -23,11 +23,13 @@ check against the executor and a float64 forward pass.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
 
 from bitqnn.bounds import NetworkBounds, interval_bounds
+from bitqnn.error_query import ErrorQuery
 from bitqnn.floatnet import FloatNetwork
 from bitqnn.pairing import RELATIVE_MARGIN, PairedLayer, clip_gap, pair_layers, rounding_error
 from bitqnn.qnn import QNN
@@ -48,9 +50,10 @@ class DifferenceBounds:
     def width(self) -> np.ndarray:
         return self.hi - self.lo
 
-    def max_abs(self) -> float:
-        """An upper bound on the L-inf error over the box."""
-        return float(np.max(np.maximum(np.abs(self.lo), np.abs(self.hi))))
+    def max_abs(self, outputs: tuple[int, ...] | None = None) -> float:
+        """An upper bound on the L-inf error over the box (on the given outputs, else all)."""
+        columns = slice(None) if outputs is None else list(outputs)
+        return float(np.max(np.maximum(np.abs(self.lo[columns]), np.abs(self.hi[columns]))))
 
 
 def _widen(lo: np.ndarray, hi: np.ndarray, magnitude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -89,6 +92,16 @@ def _clip(values: np.ndarray, clip: tuple[float, float] | None) -> np.ndarray:
     return values if clip is None else np.clip(values, *clip)
 
 
+@dataclass(frozen=True)
+class HiddenDifference:
+    """Bounds on QNN_real - f at one layer, before its activations (accumulators) and after."""
+
+    pre_lo: np.ndarray
+    pre_hi: np.ndarray
+    post_lo: np.ndarray
+    post_hi: np.ndarray
+
+
 class DifferentialAnalysis:
     """Everything the modes share: the paired layers and each network's own bounds."""
 
@@ -102,6 +115,8 @@ class DifferentialAnalysis:
         self.float_intervals = self._float_intervals()
         self.q_bounds = SymbolicAnalysis(qnn, box).bounds
         self.float_pre = self._float_symbolic()
+        self.hidden: dict[int, HiddenDifference] = {}  # per paired layer, filled by `symbolic`
+        self._results: dict[str, DifferenceBounds] = {}
         self.rounding = {layer.index: rounding_error(layer, self.q_bounds.layers[layer.index].acc_lo,
                                                      self.q_bounds.layers[layer.index].acc_hi)
                          for layer in self.layers}
@@ -126,9 +141,12 @@ class DifferentialAnalysis:
         return pre
 
     def run(self, mode: str) -> DifferenceBounds:
+        """The mode's bounds, computed once per analysis however often they are asked for."""
         if mode not in MODES:
             raise ValueError(f"unknown DRA mode {mode!r}; choose from {', '.join(MODES)}")
-        return {"naive": self.naive, "concrete": self.concrete, "symbolic": self.symbolic}[mode]()
+        if mode not in self._results:
+            self._results[mode] = {"naive": self.naive, "concrete": self.concrete, "symbolic": self.symbolic}[mode]()
+        return self._results[mode]
 
     def naive(self) -> DifferenceBounds:
         q_lo, q_hi = _q_real_outputs(self.layers[-1], self.q_intervals)
@@ -196,6 +214,7 @@ class DifferentialAnalysis:
             d_low = self._or_constant(d_low, y_lo, passes, upper=False)
             d_lo = np.maximum(y_lo, self._concretise(*d_low, upper=False))
             d_hi = np.minimum(y_hi, self._concretise(*d_up, upper=True))
+            self.hidden[layer.index] = HiddenDifference(da_lo, da_hi, d_lo, d_hi)
             f_up, f_low, _ = self._through(layer.float_weight, layer.float_bias, f_up, f_low, a_lo, a_hi,
                                            _float_clamp(layer))
             f_lo, f_hi = _clip(a_lo, layer.float_clip), _clip(a_hi, layer.float_clip)
@@ -231,9 +250,7 @@ class DifferentialAnalysis:
 
     def _through(self, weight, bias, up, low, a_lo, a_hi, clamp, error=None):
         """Linear bounds of the next layer's outputs from those of its inputs (in x)."""
-        pos, neg = np.maximum(weight, 0), np.minimum(weight, 0)
-        acc_up = (pos @ up[0] + neg @ low[0], pos @ up[1] + neg @ low[1] + bias)
-        acc_low = (pos @ low[0] + neg @ up[0], pos @ low[1] + neg @ up[1] + bias)
+        acc_up, acc_low = _affine_lines(weight, bias, up, low)
         lo_from_lines = self._concretise(*acc_low, upper=False)
         hi_from_lines = self._concretise(*acc_up, upper=True)
         lo, hi = np.maximum(a_lo, lo_from_lines), np.minimum(a_hi, hi_from_lines)
@@ -271,6 +288,16 @@ def _scaled(same, other, factor: np.ndarray):
 
 def _plus(a, b, const: np.ndarray):
     return a[0] + b[0], a[1] + b[1] + const
+
+
+_ANALYSES: weakref.WeakKeyDictionary[ErrorQuery, DifferentialAnalysis] = weakref.WeakKeyDictionary()
+
+
+def analysis_for(query: ErrorQuery) -> DifferentialAnalysis:
+    """The query's analysis, built once for the pipeline's stages (DRA, MILP, bound report)."""
+    if query not in _ANALYSES:
+        _ANALYSES[query] = DifferentialAnalysis(query.float_net, query.qnn, query.region)
+    return _ANALYSES[query]
 
 
 def _float_clamp(layer: PairedLayer) -> tuple[np.ndarray, np.ndarray]:

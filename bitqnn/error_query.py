@@ -36,6 +36,12 @@ class ErrorQuery:
         points = np.atleast_2d(np.asarray(points, dtype=np.int64))
         return self.qnn.input_scale * (points - self.qnn.input_zero).astype(np.float64)
 
+    def probe_points(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        """Both corners, the centre and `count` random grid points: where a search for a
+        large error starts, since extremes of a near-linear difference sit at corners."""
+        lo, hi = self.region.lo, self.region.hi
+        return np.vstack([lo, hi, (lo + hi) // 2, rng.integers(lo, hi + 1, (count, lo.size))]).astype(np.int64)
+
     def errors(self, points: np.ndarray) -> np.ndarray:
         """QNN minus float network on the chosen outputs, per point: [B, len(outputs)]."""
         points = np.atleast_2d(np.asarray(points, dtype=np.int64))

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from bitqnn.dra import DifferentialAnalysis
+from bitqnn.dra import analysis_for
 from bitqnn.error_query import ErrorOutcome, ErrorQuery
 from bitqnn.outcome import Verdict
 from bitqnn.verify import Result
@@ -22,9 +22,7 @@ ERROR_ENGINES = ("auto", "dra", "search", "milp")
 
 def dra_bound(query: ErrorQuery, mode: str = "symbolic") -> float:
     """A sound upper bound on max |error| over the box and the chosen outputs."""
-    bounds = DifferentialAnalysis(query.float_net, query.qnn, query.region).run(mode)
-    columns = list(query.outputs)
-    return float(np.max(np.maximum(np.abs(bounds.lo[columns]), np.abs(bounds.hi[columns]))))
+    return analysis_for(query).run(mode).max_abs(query.outputs)
 
 
 def search_error(query: ErrorQuery, budget: float, seed: int = 0) -> tuple[np.ndarray, float]:
@@ -33,7 +31,7 @@ def search_error(query: ErrorQuery, budget: float, seed: int = 0) -> tuple[np.nd
     rng = np.random.default_rng(seed)
     lo, hi = query.region.lo, query.region.hi
     start = time.perf_counter()
-    candidates = np.vstack([(lo + hi) // 2, lo, hi, rng.integers(lo, hi + 1, (512, lo.size))])
+    candidates = query.probe_points(512, rng)
     scores = np.abs(query.errors(candidates)).max(axis=1)
     best = int(np.argmax(scores))
     x, score = candidates[best].copy(), float(scores[best])
@@ -75,15 +73,20 @@ def verify_error(query: ErrorQuery, timeout: float, engine: str = "auto", search
                         witness=witness, witnessed=witnessed, proven=proven)
 
 
-def tightest_bound(query: ErrorQuery, timeout: float, engine: str = "auto") -> ErrorOutcome:
+def tightest_bound(query: ErrorQuery, timeout: float, engine: str = "auto",
+                   known: ErrorOutcome | None = None) -> ErrorOutcome:
     """error <= proven (sound) and error >= witnessed (a replayed input), as close as time allows.
 
     The MILP sharpens both numbers only for engines that include it (auto, milp); with dra
-    or search the answer is the DRA bound and the best point a short search finds.
+    or search the answer is the DRA bound and the best point a short search finds. A point
+    `known` from an earlier stage is kept instead of searching again.
     """
     start = time.perf_counter()
     proven = dra_bound(query)
-    witness, witnessed = search_error(query, min(1.0, timeout / 10))
+    if known is not None and known.witnessed is not None:
+        witness, witnessed = known.witness, known.witnessed
+    else:
+        witness, witnessed = search_error(query, min(1.0, timeout / 10))
     if engine not in ("auto", "milp"):
         return ErrorOutcome(Verdict.UNKNOWN, engine, time.perf_counter() - start, "", witness, witnessed, proven)
     from bitqnn.engines.error_milp import ErrorMilpEngine
@@ -115,7 +118,7 @@ def error_result(query: ErrorQuery, kind: str, timeout: float, engine: str = "au
     if kind == "error":
         outcome = verify_error(query, timeout, engine)
     if outcome is None or outcome.verdict is not Verdict.PROVED:
-        bound = tightest_bound(query, timeout, engine)
+        bound = tightest_bound(query, timeout, engine, known=outcome)
         outcome = bound if outcome is None else _combine(query, outcome, bound)
         if kind == "bound":
             outcome = ErrorOutcome(Verdict.PROVED, bound.engine, bound.seconds, bound.reason, bound.witness,

@@ -33,9 +33,25 @@ class Edge:
 
 
 @dataclass(frozen=True)
+class HullRow:
+    """y_coeff * y + acc_coeff * acc <= bound (upper side) or >= bound (lower side), integers."""
+
+    y_coeff: int
+    acc_coeff: int
+    bound: int
+    upper: bool
+
+
+@dataclass(frozen=True)
 class StageHull:
     upper: tuple[Edge, ...]  # y <= each line, over the whole range
     lower: tuple[Edge, ...]  # y >= each line
+
+    def rows(self) -> list[HullRow]:
+        """Every sloped edge as an integer row, for any solver: (x1-x0)(y-y0) <= (y1-y0)(acc-x0)
+        above, >= below. Flat edges are skipped; they only restate y's own bounds."""
+        return [HullRow(e.x1 - e.x0, -(e.y1 - e.y0), (e.x1 - e.x0) * e.y0 - (e.y1 - e.y0) * e.x0, upper)
+                for edges, upper in ((self.upper, True), (self.lower, False)) for e in edges if e.y1 != e.y0]
 
 
 def _turn(o: Point, a: Point, b: Point) -> int:

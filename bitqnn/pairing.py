@@ -18,8 +18,7 @@ import numpy as np
 from bitqnn.floatnet import FloatDense, FloatNetwork
 from bitqnn.qnn import QNN, Dense, Reshape
 from bitqnn.requant import FixedPointMultiplierRequant, Float32Requant, OutputStage, ShiftRequant
-
-RELATIVE_MARGIN = 1e-9
+from bitqnn.symbolic import RELATIVE_MARGIN  # one float64 margin for every sound bound
 
 
 class PairingError(ValueError):

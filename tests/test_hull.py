@@ -42,6 +42,11 @@ def test_hull_contains_the_graph_and_touches_it_at_every_corner(kind):
             assert all(y >= _line(e, acc) for e in hull.lower)
         for e in hull.upper + hull.lower:
             assert graph[e.x0] == e.y0 and graph[e.x1] == e.y1
+        rows = hull.rows()  # the integer form every encoder states
+        assert len(rows) == sum(e.y1 != e.y0 for e in hull.upper + hull.lower)
+        for row in rows:
+            sides = row.y_coeff * ys + row.acc_coeff * accs
+            assert np.all(sides <= row.bound) if row.upper else np.all(sides >= row.bound)
         if acc_lo < acc_hi:  # the edges cover the whole range, so no tighter hull exists
             for edges in (hull.upper, hull.lower):
                 assert edges[0].x0 == acc_lo and edges[-1].x1 == acc_hi

@@ -120,13 +120,9 @@ class _Builder:
         """The stage's exact convex hull as redundant integer rows: they change no solution,
         only tighten CP-SAT's LP relaxation, which is what its proofs lean on."""
         starts, values = stage.steps(channel, acc_lo, acc_hi)
-        hull = stage_hull(starts, values, acc_hi)
-        for edge in hull.upper:
-            if edge.y1 != edge.y0:
-                self.model.add((edge.x1 - edge.x0) * (y - edge.y0) <= (edge.y1 - edge.y0) * (acc - edge.x0))
-        for edge in hull.lower:
-            if edge.y1 != edge.y0:
-                self.model.add((edge.x1 - edge.x0) * (y - edge.y0) >= (edge.y1 - edge.y0) * (acc - edge.x0))
+        for row in stage_hull(starts, values, acc_hi).rows():
+            expr = row.y_coeff * y + row.acc_coeff * acc
+            self.model.add(expr <= row.bound if row.upper else expr >= row.bound)
 
     def output_stage(self, stage: OutputStage, channel: int, acc, acc_lo: int, acc_hi: int,
                      y_lo: int, y_hi: int, name: str) -> Value:

@@ -46,13 +46,11 @@ def _linear_layer(solver: pywraplp.Solver, qnn: QNN, index: int, bounds: Network
             continue
         y = solver.NumVar(float(b.lo[n]), float(b.hi[n]), "")
         starts, steps = stage.steps(int(form.channels[n]), acc_lo, acc_hi)
-        hull = stage_hull(starts, steps, acc_hi)
-        for edges, upper in ((hull.upper, True), (hull.lower, False)):
-            for e in edges:  # (x1-x0)(y-y0) <= (y1-y0)(acc-x0) on the upper side, >= below
-                lhs = (e.x1 - e.x0) * float(-e.y0) + (e.y1 - e.y0) * float(e.x0)
-                side = solver.Constraint(-infinity, -lhs) if upper else solver.Constraint(-lhs, infinity)
-                side.SetCoefficient(y, float(e.x1 - e.x0))
-                side.SetCoefficient(acc, -float(e.y1 - e.y0))
+        for row in stage_hull(starts, steps, acc_hi).rows():
+            bound = float(row.bound)
+            side = solver.Constraint(-infinity, bound) if row.upper else solver.Constraint(bound, infinity)
+            side.SetCoefficient(y, float(row.y_coeff))
+            side.SetCoefficient(acc, float(row.acc_coeff))
         out.append(y)
     return out
 

@@ -5,7 +5,7 @@ rounding rows (or the exact step table read off the executor for multiplier mode
 with one binary per reachable side whose big-M comes from sound bounds, never a guess. The
 float half is the usual big-M ReLU/clip encoding with bounds from the float network's own
 symbolic pass. Sound per-neuron bounds on the difference of the two networks (the
-differential analysis of `bitqnn.dra`, run on each prefix) are added as redundant rows:
+differential analysis of `bitqnn.dra`, recorded at each hidden layer) are added as redundant rows:
 they change no solution, but without them the LP relaxation sees two unrelated networks
 and its bound on their difference is as loose as subtracting two intervals. Solving and
 reading answers is `bitqnn.engines.error_milp`'s job.
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,6 @@ from ortools.linear_solver import pywraplp
 from bitqnn.bounds import NetworkBounds
 from bitqnn.dra import DifferentialAnalysis
 from bitqnn.error_query import ErrorQuery
-from bitqnn.floatnet import FloatNetwork
 from bitqnn.hull import stage_hull
 from bitqnn.pairing import PairedLayer
 from bitqnn.qnn import QNN, Dense, Reshape
@@ -257,14 +256,9 @@ def hull_rows(milp: Milp, stage: OutputStage, channel: int, acc: Lin, acc_lo: in
     starts, values = stage.steps(channel, acc_lo, acc_hi)
     if len(starts) > MAX_STEP_PIECES:
         return
-    hull = stage_hull(starts, values, acc_hi)
-    for edge, upper in [(e, True) for e in hull.upper] + [(e, False) for e in hull.lower]:
-        if edge.y1 == edge.y0:
-            continue
-        # (x1 - x0) (y - y0) <= (y1 - y0) (acc - x0) for the upper side, >= for the lower
-        expr = y.scaled(float(edge.x1 - edge.x0)).add(acc, -float(edge.y1 - edge.y0))
-        bound = float((edge.x1 - edge.x0) * edge.y0 - (edge.y1 - edge.y0) * edge.x0)
-        milp.row(expr, hi=bound) if upper else milp.row(expr, lo=bound)
+    for row in stage_hull(starts, values, acc_hi).rows():
+        expr = y.scaled(float(row.y_coeff)).add(acc, float(row.acc_coeff))
+        milp.row(expr, hi=float(row.bound)) if row.upper else milp.row(expr, lo=float(row.bound))
 
 
 def output_stage(milp: Milp, stage: OutputStage, channel: int, acc: Lin, acc_lo: int, acc_hi: int,
@@ -348,32 +342,14 @@ def float_layer(milp: Milp, layer: PairedLayer, pre: tuple[np.ndarray, np.ndarra
 
 # ---- difference rows: the link between the two halves ----
 
-def prefix_networks(float_net: FloatNetwork, qnn: QNN, layer: PairedLayer, pre: bool) -> tuple[FloatNetwork, QNN]:
-    """Both networks cut after `layer`, with its output (or, with `pre`, its accumulator
-    before any activation) as the real output, on the scale pairing gives it; the DRA of
-    the cut pair bounds the difference of the two networks at that layer."""
-    index = layer.index
-    f_layers = list(float_net.layers[:index + 1])
-    q_layers = list(qnn.layers[:index + 1])
-    assert qnn.layer_scales is not None
-    out_scale, out_zero = layer.out_scale, int(layer.stage.zero)
-    if pre:
-        f_layers[-1] = replace(f_layers[-1], clip=None)
-        q_layers[-1] = replace(q_layers[-1], output=OutputStage(None))
-        out_scale, out_zero = layer.acc_scale, 0
-    f_net = FloatNetwork(float_net.input_shape, tuple(f_layers), name=f"{float_net.name} to {index}")
-    q_net = replace(qnn, layers=tuple(q_layers), output_scale=np.asarray(out_scale, dtype=np.float64),
-                    output_zero=out_zero, layer_scales=tuple(qnn.layer_scales[:index + 1]), _cache={})
-    return f_net, q_net
-
-
-def difference_rows(milp: Milp, query: ErrorQuery, layer: PairedLayer, layer_vars: LayerVars) -> int:
+def difference_rows(milp: Milp, analysis: DifferentialAnalysis, layer: PairedLayer, layer_vars: LayerVars) -> int:
     """Rows lo <= QNN_real - float <= hi for every neuron of a hidden layer, before and after
-    its activation, from the DRA of the prefix networks. Returns the number of rows added."""
+    its activation, from the bounds the DRA's symbolic pass found at that layer. Returns
+    the number of rows added."""
+    hidden = analysis.hidden[layer.index]
     added = 0
     for pre in (True, False):
-        f_net, q_net = prefix_networks(query.float_net, query.qnn, layer, pre)
-        bounds = DifferentialAnalysis(f_net, q_net, query.region).run("symbolic")
+        lo, hi = (hidden.pre_lo, hidden.pre_hi) if pre else (hidden.post_lo, hidden.post_hi)
         q_vals = layer_vars.q_acc if pre else layer_vars.q_out
         f_vals = layer_vars.f_pre if pre else layer_vars.f_out
         for n, (q, f) in enumerate(zip(q_vals, f_vals, strict=True)):
@@ -386,7 +362,7 @@ def difference_rows(milp: Milp, query: ErrorQuery, layer: PairedLayer, layer_var
             diff = real.add(f, -1.0)
             if diff.is_constant():
                 continue
-            milp.row(diff, float(bounds.lo[n]), float(bounds.hi[n]))
+            milp.row(diff, float(lo[n]), float(hi[n]))
             added += 1
     return added
 
@@ -418,6 +394,8 @@ def build_model(query: ErrorQuery, analysis: DifferentialAnalysis, dra_lo: np.nd
     in a row carrying the DRA's bounds (which a run tightens into its cut)."""
     start = time.perf_counter()
     qnn, box = query.qnn, query.region
+    if coupling and not analysis.hidden:
+        analysis.run("symbolic")  # the pass that records each hidden layer's difference bounds
     milp = Milp(threads)
     inputs = [milp.int_var(int(lo), int(hi), f"x{i}") for i, (lo, hi) in enumerate(zip(box.lo, box.hi, strict=True))]
     q_values = inputs
@@ -431,7 +409,7 @@ def build_model(query: ErrorQuery, analysis: DifferentialAnalysis, dra_lo: np.nd
         accs, q_values = qnn_layer(milp, qnn, analysis.q_bounds, index, q_values)
         f_pres, f_values = float_layer(milp, layer, pre, f_values)
         if coupling and index != last:
-            difference_rows(milp, query, layer, LayerVars(accs, q_values, f_pres, f_values))
+            difference_rows(milp, analysis, layer, LayerVars(accs, q_values, f_pres, f_values))
     scale = np.broadcast_to(np.asarray(qnn.output_scale, dtype=np.float64).ravel(), (qnn.output_size,))
     differences, rows = {}, {}
     for j in query.outputs:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from ortools.linear_solver import pywraplp
 
-from bitqnn.dra import DifferentialAnalysis
+from bitqnn.dra import analysis_for
 from bitqnn.encode.milp import ErrorModel, UnsupportedEncoding, build_model, var_of
 from bitqnn.error_query import ErrorOutcome, ErrorQuery
 from bitqnn.outcome import Verdict
@@ -121,12 +121,7 @@ class Search:
 
     def sample(self, count: int, seed: int = 0) -> None:
         """Corners, the centre and random grid points: a cheap first witness."""
-        box = self.query.region
-        rng = np.random.default_rng(seed)
-        points = [box.lo, box.hi, (box.lo + box.hi) // 2]
-        if count > 0:
-            points.extend(rng.integers(box.lo, box.hi + 1, (count, box.lo.size)))
-        self.offer(np.array(points, dtype=np.int64))
+        self.offer(self.query.probe_points(max(count, 0), np.random.default_rng(seed)))
 
 
 def set_objective(model: ErrorModel, pair: Pair) -> None:
@@ -314,7 +309,7 @@ class ErrorMilpEngine:
         """The DRA, a sampled witness and the model; an outcome where the query cannot be stated."""
         start = time.perf_counter()
         try:
-            analysis = DifferentialAnalysis(query.float_net, query.qnn, query.region)
+            analysis = analysis_for(query)
         except PairingError as error:
             return ErrorOutcome(Verdict.UNKNOWN, self.name, time.perf_counter() - start, str(error))
         sites = analysis.q_bounds.overflow_sites()
