@@ -42,11 +42,15 @@ MODELS: dict[str, tuple[int, ...]] = {
 }
 
 
+def to_inputs(pixels: np.ndarray) -> np.ndarray:
+    """Flatten raw 0..255 images into exactly-representable float32 inputs (see above)."""
+    return (pixels.reshape(len(pixels), -1) / 256.0).astype(np.float32)
+
+
 def load_data(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Load flattened, exactly-representable float32 inputs and int64 labels."""
     with np.load(path) as d:
-        x_tr = (d["x_train"].reshape(len(d["x_train"]), -1) / 256.0).astype(np.float32)
-        x_te = (d["x_test"].reshape(len(d["x_test"]), -1) / 256.0).astype(np.float32)
+        x_tr, x_te = to_inputs(d["x_train"]), to_inputs(d["x_test"])
         return x_tr, d["y_train"].astype(np.int64), x_te, d["y_test"].astype(np.int64)
 
 
@@ -81,24 +85,29 @@ def build_one(name: str, hidden: tuple[int, ...], data: tuple[np.ndarray, ...]) 
     print(f"{name}: float ONNX test accuracy {onnx_accuracy(path, x_te, y_te):.4f}")
 
 
-def parse_args(description: str) -> argparse.Namespace:
+def parse_args(description: str, default_data: Path = DEFAULT_DATA) -> argparse.Namespace:
     """Only the data location is configurable; everything else is pinned."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--data",
         type=Path,
-        default=DEFAULT_DATA,
-        help=f"fashion_mnist.npz (default: {DEFAULT_DATA})",
+        default=default_data,
+        help=f"{default_data.name} (default: {default_data})",
     )
     return parser.parse_args()
+
+
+def export_models(models: dict[str, tuple[int, ...]], data: tuple[np.ndarray, ...]) -> None:
+    """Train and export each named model on already loaded (x_tr, y_tr, x_te, y_te)."""
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    for name, hidden in models.items():
+        build_one(name, hidden, data)
 
 
 def build_models(models: dict[str, tuple[int, ...]], description: str) -> tuple[np.ndarray, ...]:
     """Train and export each named model on the data given by --data; returns the data."""
     data = load_data(parse_args(description).data)
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    for name, hidden in models.items():
-        build_one(name, hidden, data)
+    export_models(models, data)
     return data
 
 

@@ -13,9 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from bitqnn.bench_bitflip import add_arguments as add_bitflip_arguments
 from bitqnn.bench_error import add_arguments as add_error_arguments
 from bitqnn.engines.registry import ENGINE_NAMES
 from bitqnn.error_verify import ERROR_ENGINES
+from bitqnn.fault_verify import FAULT_ENGINES
+from bitqnn.faults import FaultQuery
 from bitqnn.outcome import Verdict
 from bitqnn.qnn import AccumulatorOverflow
 
@@ -42,13 +45,13 @@ def cmd_prove(args: argparse.Namespace) -> int:
     from bitqnn.verify import verify
 
     obligations = _compile(args.spec)
+    _check_statement_engines(obligations)
     if args.engine:
         _check_engine_fits(obligations, args.engine)
+    plain = [o for o in obligations if o.kind not in ERROR_KINDS and not isinstance(o.query, FaultQuery)]
     if args.smtlib:
-        _export_smtlib([o for o in obligations if o.kind not in ERROR_KINDS], Path(args.smtlib))
-    robustness = [o for o in obligations if o.kind not in ERROR_KINDS]
-    engines = {name: make_engine(name, args.workers)
-               for name in {args.engine or o.options["engine"] for o in robustness}}
+        _export_smtlib(plain, Path(args.smtlib))
+    engines = {name: make_engine(name, args.workers) for name in {args.engine or o.options["engine"] for o in plain}}
     results = []
     for number, obligation in enumerate(obligations, start=1):
         engine = args.engine or obligation.options["engine"]
@@ -59,6 +62,10 @@ def cmd_prove(args: argparse.Namespace) -> int:
             from bitqnn.error_verify import error_result
 
             results.append(error_result(obligation.query, obligation.kind, timeout, engine))
+        elif isinstance(obligation.query, FaultQuery):
+            from bitqnn.fault_verify import make_fault_engine, verify_fault
+
+            results.append(verify_fault(obligation.query, make_fault_engine(engine), timeout))
         else:
             results.append(verify(obligation.query, engines[engine], timeout))
     semantics = [o.query.network.describe() for o in obligations]
@@ -78,10 +85,26 @@ def cmd_prove(args: argparse.Namespace) -> int:
 def _check_engine_fits(obligations, engine: str) -> None:
     """--engine applies to every statement, so it must be one each kind of statement accepts."""
     for obligation in obligations:
-        accepted = ERROR_ENGINES if obligation.kind in ERROR_KINDS else ENGINE_NAMES
+        accepted = _engines_for(obligation)
         if engine not in accepted:
             raise InputError(f"--engine {engine} cannot answer {obligation.query.label}; "
                              f"that statement takes one of {', '.join(accepted)}")
+
+
+def _engines_for(obligation) -> tuple[str, ...]:
+    if obligation.kind in ERROR_KINDS:
+        return ERROR_ENGINES
+    return FAULT_ENGINES if isinstance(obligation.query, FaultQuery) else ENGINE_NAMES
+
+
+def _check_statement_engines(obligations) -> None:
+    """A spec's engine= is checked against the generic engine list when it is parsed; a
+    statement under bit flips takes only the engines that model them."""
+    for obligation in obligations:
+        engine = obligation.options["engine"]
+        if isinstance(obligation.query, FaultQuery) and engine not in FAULT_ENGINES:
+            raise InputError(f"{obligation.pos.file}:{obligation.pos.line}:{obligation.pos.column}: engine {engine} "
+                             f"does not analyse bit flips; use one of {', '.join(FAULT_ENGINES)}")
 
 
 def _export_smtlib(obligations, target: Path) -> None:
@@ -95,10 +118,12 @@ def _export_smtlib(obligations, target: Path) -> None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     obligations = _compile(args.spec)
+    _check_statement_engines(obligations)
     for obligation in obligations:
         query = obligation.query
         cases = (f"{len(query.outputs)} output(s)" if obligation.kind in ERROR_KINDS
-                 else f"{len(query.violation.terms)} case(s)")
+                 else f"{len(query.query.violation.terms)} case(s) under {query.model.describe()}"
+                 if isinstance(query, FaultQuery) else f"{len(query.violation.terms)} case(s)")
         print(f"ok  {query.label}: {obligation.kind}, {query.network.name}, "
               f"{query.region.points} input points, {cases}, "
               f"engine {obligation.options['engine']}, timeout {obligation.options['timeout']:g}s")
@@ -143,6 +168,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from bitqnn.bench import run_benchmark
 
     return run_benchmark(args)
+
+
+def cmd_bench_bitflip(args: argparse.Namespace) -> int:
+    from bitqnn.bench_bitflip import run_bitflip_benchmark
+
+    return run_bitflip_benchmark(args)
 
 
 def cmd_bench_error(args: argparse.Namespace) -> int:
@@ -199,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     errorbound = suites.add_parser("errorbound", help="quantization error bounds: DRA modes and the pipeline")
     add_error_arguments(errorbound)
     errorbound.set_defaults(run=cmd_bench_error)
+    bitflip = suites.add_parser("bitflip", help="resilience to bit flips in stored weights (BFAVerifier's setting)")
+    add_bitflip_arguments(bitflip)
+    bitflip.set_defaults(run=cmd_bench_bitflip)
     return parser
 
 

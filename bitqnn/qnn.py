@@ -16,6 +16,40 @@ import numpy as np
 from bitqnn.requant import OutputStage, Rounding, round_real
 
 
+@dataclass(frozen=True)
+class Storage:
+    """How a parameter tensor sits in memory as deployed, which is what a bit flip acts on.
+
+    The layer uses stored << shift (a fixed-point bias kept at fewer fraction bits than
+    the accumulator is stored shifted right); the stored integer is `bits` wide, two's
+    complement when signed.
+    """
+
+    bits: int
+    signed: bool
+    shift: int = 0
+
+    def stored(self, used: np.ndarray) -> np.ndarray:
+        return np.asarray(used, dtype=np.int64) >> self.shift
+
+    def flip(self, used: np.ndarray, mask: np.ndarray | int) -> np.ndarray:
+        """The values the layer uses after XOR-ing `mask` into the stored bit patterns."""
+        width = (1 << self.bits) - 1
+        raw = (self.stored(used) & width) ^ (np.asarray(mask, dtype=np.int64) & width)
+        if self.signed:
+            raw = raw - ((raw >> (self.bits - 1)) << self.bits)
+        return raw << self.shift
+
+    def bit_delta(self, used: np.ndarray, bit: int) -> np.ndarray:
+        """What flipping one stored bit adds to the used value: +-2**(bit + shift)."""
+        return self.flip(used, 1 << bit) - np.asarray(used, dtype=np.int64)
+
+
+def storage_of_dtype(dtype: np.dtype) -> Storage:
+    dtype = np.dtype(dtype)
+    return Storage(8 * dtype.itemsize, np.issubdtype(dtype, np.signedinteger))
+
+
 @dataclass(frozen=True, eq=False)
 class Dense:
     """acc = sum((w - wz) * (x - xz)) + b over a flat input."""
@@ -25,6 +59,8 @@ class Dense:
     input_zero: int
     bias: np.ndarray  # int64 [out]
     output: OutputStage
+    weight_storage: Storage | None = None  # None: the source does not say (no bit-flip analysis)
+    bias_storage: Storage | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -40,6 +76,8 @@ class Conv2d:
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
     dilations: tuple[int, int] = (1, 1)
     group: int = 1
+    weight_storage: Storage | None = None
+    bias_storage: Storage | None = None
 
 
 @dataclass(frozen=True, eq=False)

@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 
 from bitqnn.floatnet import FloatConv2d, FloatDense, FloatNetwork
-from bitqnn.qnn import QNN, Conv2d, Dense, MaxPool2d, Reshape
+from bitqnn.qnn import QNN, Conv2d, Dense, MaxPool2d, Reshape, Storage
 from bitqnn.requant import OutputStage, Rounding, ShiftRequant, round_real
 
 
@@ -170,6 +170,9 @@ def _quantize_linear(layer: FloatDense | FloatConv2d, settings: LayerConfig, con
                 hi = min(hi, int(to_fixed(np.array(layer.clip[1]), out_frac, 64, True, Rounding.HALF_EVEN)))
         stage = OutputStage(ShiftRequant(np.array([acc_frac - out_frac], np.int64), config.rounding), 0, lo, hi)
     zero = np.zeros(1, np.int64)
+    storage = {"weight_storage": Storage(settings.weights, True),
+               "bias_storage": Storage(settings.bias_bits or 32, True, acc_frac - bias_frac)}
     if isinstance(layer, FloatDense):
-        return Dense(weight, zero, 0, bias, stage), out_frac
-    return Conv2d(weight, zero, 0, bias, stage, layer.strides, layer.pads, layer.dilations, layer.group), out_frac
+        return Dense(weight, zero, 0, bias, stage, **storage), out_frac
+    return Conv2d(weight, zero, 0, bias, stage, layer.strides, layer.pads, layer.dilations, layer.group,
+                  **storage), out_frac

@@ -21,6 +21,10 @@ def _detail(result: Result) -> str:
     if result.verdict is Verdict.UNKNOWN:
         return result.reason
     stats = result.stats
+    if "candidate_flips" in stats:
+        pruned = stats["candidate_flips"] - stats["remaining_flips"]
+        return (f"{stats['fault_model']}: {pruned} of {stats['candidate_flips']} candidate flips pruned, "
+                f"{stats['remaining_flips']} decided exactly")
     if "terms_after_bounds" in stats:
         return f"{stats['terms'] - stats['terms_after_bounds']} of {stats['terms']} cases by bounds"
     return ""
@@ -45,6 +49,8 @@ def table(results: list[Result], semantics: list[str]) -> str:
             lines.append(f"{'counterexample' if result.verdict is Verdict.FALSIFIED else 'largest error'} "
                          f"for {result.label}:")
             lines.append(f"  input (integers): {result.witness}")
+            if result.flips is not None:
+                lines.append("  flipped bits: " + ("; ".join(result.flips) or "none (fails on the clean network)"))
             if "witnessed" in result.stats:
                 lines.append(f"  error per output (QNN - float, replayed in float64): {result.outputs_real}")
     return "\n".join(lines)

@@ -26,6 +26,7 @@ class Result:
     outputs_real: list[float] | None = None
     onnxruntime_checked: bool = False
     stats: dict = field(default_factory=dict)
+    flips: list[str] | None = None  # a bit-flip counterexample's flipped bits, described
 
 
 def verify(query: Query, engine, timeout: float) -> Result:

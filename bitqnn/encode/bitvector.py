@@ -7,6 +7,7 @@ included; everything else never overflows by construction.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -32,7 +33,7 @@ from bitqnn.encode.bv_signal import (
     wrapped_linear,
 )
 from bitqnn.qnn import Conv2d, Dense, Lookup, MaxPool2d, Reshape
-from bitqnn.query import Query, Violation
+from bitqnn.query import Box, Query, Violation
 from bitqnn.requant import (
     INT32_MAX,
     INT32_MIN,
@@ -128,7 +129,8 @@ class Encoding:
 
 
 def _linear_layer(query: Query, index: int, values: list[Signal], bounds: LayerBounds,
-                  style: RequantStyle, ctx: z3.Context) -> list[Signal]:
+                  style: RequantStyle, ctx: z3.Context, extra: dict[int, list[Signal]]) -> list[Signal]:
+    """The layer's outputs; `extra[j]` are further terms of neuron j's accumulator (bit flips add them)."""
     qnn = query.network
     layer = qnn.layers[index]
     form = qnn.linear_form(index)
@@ -142,9 +144,10 @@ def _linear_layer(query: Query, index: int, values: list[Signal], bounds: LayerB
         pairs = [(values[i], int(form.matrix[j, i])) for i in columns]
         offset = int(form.offset[j])
         if wraps is not None and wraps[j]:
+            assert j not in extra, "extra accumulator terms are never encoded with wraparound"
             acc = wrapped_linear(pairs, offset, qnn.accumulator_bits, ctx)
         else:
-            acc = total([scale(x, c) for x, c in pairs], offset, ctx)
+            acc = total([scale(x, c) for x, c in pairs] + extra.get(j, []), offset, ctx)
         acc = restrict(acc, int(bounds.acc_lo[j]), int(bounds.acc_hi[j]))
         outputs.append(output_stage(layer.output, int(form.channels[j]), acc, style))
     return outputs
@@ -201,22 +204,29 @@ def _check_overflow(query: Query, bounds: NetworkBounds) -> None:
             raise OverflowNotExcluded(f"accumulator overflow not excluded at layer {layer} neuron {neuron}")
 
 
-def encode(query: Query, style: RequantStyle = "steps") -> Encoding:
-    """The query's violation as a QF_BV formula: satisfiable exactly when the property fails."""
-    qnn = query.network
-    bounds = interval_bounds(qnn, query.region)
-    _check_overflow(query, bounds)
-    ctx = z3.Context()
-    values, box = [], []
-    for i, (lo, hi) in enumerate(zip(query.region.lo.tolist(), query.region.hi.tolist(), strict=True)):
+def input_signals(region: Box, ctx: z3.Context) -> tuple[list[Signal], list[z3.BoolRef]]:
+    """One signal per flat input (a constant where the box fixes it) and the box constraints."""
+    inputs, box = [], []
+    for i, (lo, hi) in enumerate(zip(region.lo.tolist(), region.hi.tolist(), strict=True)):
         signal, constraints = variable(f"x{i}", lo, hi, ctx)
-        values.append(signal)
+        inputs.append(signal)
         box.extend(constraints)
-    inputs = values
+    return inputs, box
+
+
+ExtraTerms = Callable[[int, list[Signal]], dict[int, list[Signal]]]
+"""Given a linear layer's index and input signals: further accumulator terms per neuron."""
+
+
+def encode_layers(query: Query, bounds: NetworkBounds, values: list[Signal], style: RequantStyle,
+                  ctx: z3.Context, extra: ExtraTerms | None = None) -> list[Signal]:
+    """The network's flat outputs from its input signals, each value narrowed to its bounds."""
+    qnn = query.network
     for index, layer in enumerate(qnn.layers):
         layer_bounds = bounds.layers[index]
         if isinstance(layer, Dense | Conv2d):
-            values = _linear_layer(query, index, values, layer_bounds, style, ctx)
+            added = extra(index, values) if extra is not None else {}
+            values = _linear_layer(query, index, values, layer_bounds, style, ctx, added)
         elif isinstance(layer, MaxPool2d):
             values = [maximum([values[i] for i in window if i >= 0]) for window in qnn.pool_windows(index)]
         elif isinstance(layer, Lookup):
@@ -225,7 +235,18 @@ def encode(query: Query, style: RequantStyle = "steps") -> Encoding:
             assert isinstance(layer, Reshape)
         values = [restrict(v, int(lo), int(hi)) for v, lo, hi in zip(values, layer_bounds.lo, layer_bounds.hi,
                                                                       strict=True)]
-    formula = all_of([*box, _violation(query.violation, values, ctx)], ctx)
+    return values
+
+
+def encode(query: Query, style: RequantStyle = "steps") -> Encoding:
+    """The query's violation as a QF_BV formula: satisfiable exactly when the property fails."""
+    qnn = query.network
+    bounds = interval_bounds(qnn, query.region)
+    _check_overflow(query, bounds)
+    ctx = z3.Context()
+    inputs, box = input_signals(query.region, ctx)
+    outputs = encode_layers(query, bounds, inputs, style, ctx)
+    formula = all_of([*box, _violation(query.violation, outputs, ctx)], ctx)
     free = sum(not s.is_constant for s in inputs)
     unstable, neurons = bounds.unstable_neurons(qnn)
     stats = {"input_variables": free, "input_bits": sum(s.width for s in inputs if not s.is_constant),

@@ -78,7 +78,7 @@ class _Builder:
 
     def accumulator(self, index: int, neuron: int, row: np.ndarray, offset: int, values: list[Value]):
         """The exact accumulator as a linear expression, with wraparound where reachable."""
-        expr = self.linear_expr(row, offset, values)
+        expr = self.linear_expr(row, offset, values) + self.extra_terms(index, neuron, values)
         layer_bounds = self.bounds.layers[index]
         if layer_bounds.may_overflow is None or not layer_bounds.may_overflow[neuron]:
             return expr
@@ -92,6 +92,10 @@ class _Builder:
         wrapped = self.new_var(-(2 ** (bits - 1)), 2 ** (bits - 1) - 1, f"acc{index}_{neuron}")
         self.model.add(wrapped == expr - (2**bits) * k)
         return wrapped
+
+    def extra_terms(self, index: int, neuron: int, values: list[Value]):
+        """What a subclass adds to an accumulator (bit flips do); the plain network adds nothing."""
+        return 0
 
     def _raw_range(self, row: np.ndarray, offset: int, index: int) -> tuple[int, int]:
         lo, hi = self.bounds.before(index)

@@ -20,7 +20,7 @@ from bitqnn.onnx_io.chain import Chain, Quant, quant_params, scalar, storage_ran
 from bitqnn.onnx_io.float_steps import FloatStep, read_steps
 from bitqnn.onnx_io.ort_kernels import qlinear_multiplier
 from bitqnn.onnx_io.requant_ort import Float32ChainRequant
-from bitqnn.qnn import Conv2d, Dense, output_shape
+from bitqnn.qnn import Conv2d, Dense, output_shape, storage_of_dtype
 from bitqnn.requant import Float32Requant, OutputStage
 
 
@@ -54,7 +54,7 @@ def qlinear_conv(chain: Chain, node: onnx.NodeProto) -> str:
     bias = graph.optional_constant(node, 8, "bias")
     stage, quant = _qlinear_stage(chain, node, channels, y_index=6, alpha=1.0)
     layer = Conv2d(weight.astype(np.int64), _weight_zero(chain, node, 5, channels), _input_zero(chain, node, 1, 2),
-                   _bias(chain, node, bias, channels), stage, **conv)
+                   _bias(chain, node, bias, channels), stage, **conv, **_storage(weight, bias))
     return chain.push(node, [layer], node.output[0], quant)
 
 
@@ -63,7 +63,8 @@ def matmul_integer(chain: Chain, node: onnx.NodeProto) -> str:
     weight = _matrix(chain, node, 1, transposed=False)
     stage, quant, tensor = _float_tail(chain, node, (weight.shape[0],))
     layer = Dense(weight.astype(np.int64), _weight_zero(chain, node, 3, weight.shape[0]),
-                  _integer_input_zero(chain, node, 2), np.zeros(weight.shape[0], np.int64), stage)
+                  _integer_input_zero(chain, node, 2), np.zeros(weight.shape[0], np.int64), stage,
+                  **_storage(weight, None))
     return chain.push(node, [layer], tensor, quant)
 
 
@@ -77,7 +78,7 @@ def conv_integer(chain: Chain, node: onnx.NodeProto) -> str:
     out_shape = _shape_after(chain, node, probe)
     stage, quant, tensor = _float_tail(chain, node, out_shape)
     layer = Conv2d(weight.astype(np.int64), _weight_zero(chain, node, 3, channels), _integer_input_zero(chain, node, 2),
-                   np.zeros(channels, np.int64), stage, **conv)
+                   np.zeros(channels, np.int64), stage, **conv, **_storage(weight, None))
     return chain.push(node, [layer], tensor, quant)
 
 
@@ -107,7 +108,7 @@ def _dense(chain: Chain, node: onnx.NodeProto, weight: np.ndarray, bias: np.ndar
     channels = weight.shape[0]
     stage, quant = _qlinear_stage(chain, node, channels, y_index, alpha)
     layer = Dense(weight.astype(np.int64), _weight_zero(chain, node, 5, channels), _input_zero(chain, node, 1, 2),
-                  _bias(chain, node, bias, channels), stage)
+                  _bias(chain, node, bias, channels), stage, **_storage(weight, bias))
     return chain.push(node, [layer], node.output[0], quant)
 
 
@@ -176,6 +177,12 @@ def _integer_input_zero(chain: Chain, node: onnx.NodeProto, index: int) -> int:
     lo, hi = storage_range(graph, node, zero)
     chain.check_read(node, Quant(chain.quant.scale, int(zero), lo, hi))
     return int(zero)
+
+
+def _storage(weight: np.ndarray, bias: np.ndarray | None) -> dict:
+    """The stored types as the model file has them: what a bit flip in deployment acts on."""
+    return {"weight_storage": storage_of_dtype(weight.dtype),
+            "bias_storage": None if bias is None else storage_of_dtype(bias.dtype)}
 
 
 def _bias(chain: Chain, node: onnx.NodeProto, bias: np.ndarray | None, channels: int) -> np.ndarray:

@@ -217,6 +217,77 @@ class ErrorBound:
 Property = Robust | Targeted | LinearProperty | ErrorBound
 
 
+# ---- fault models ----
+
+
+@dataclass(frozen=True)
+class LayerSlice:
+    """start:stop over the weighted layers; a bound left out is None (from the first, to the last)."""
+
+    start: Number | None
+    stop: Number | None
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class ParamRef:
+    """NET.weights, NET.layers[i].biases, NET.layers[i:j].weights, with an optional index.
+
+    `layers` None means every weighted layer; `kind` is the word weights or biases;
+    `index` ([out, in] for weights, [out] for biases) picks one parameter."""
+
+    network: Ident
+    layers: Number | LayerSlice | None
+    kind: Word
+    index: Vector | None
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class ParamSum:
+    """Parameter sets joined by '+': their union."""
+
+    parts: tuple[ParamRef, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Call:
+    """NAME(N) as an item value, e.g. top(2)."""
+
+    name: str
+    argument: Number
+    pos: Pos
+
+
+FaultValue = Number | Word | Call | Vector | ParamSum
+
+
+@dataclass(frozen=True)
+class FaultItem:
+    """One name=value of a fault model; the names are checked by the compiler."""
+
+    name: str
+    value: FaultValue
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class BitFlips:
+    """bitflips(k=..., params=..., bits=..., scope=...); `pos` is the word bitflips."""
+
+    items: tuple[FaultItem, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Under:
+    """`under MODEL` after a property; `pos` is the word under."""
+
+    model: BitFlips
+    pos: Pos
+
+
 # ---- networks ----
 
 
@@ -277,12 +348,14 @@ class RegionStmt:
 
 @dataclass(frozen=True)
 class ProveStmt:
-    """`text` is the property as written (comments dropped, spaces collapsed), for labels."""
+    """`text` is the property as written (comments dropped, spaces collapsed), for labels;
+    `under` is the fault model the property must also hold under, if any."""
 
     prop: Property
     options: tuple[Option, ...]
     text: str
     pos: Pos
+    under: Under | None = None
 
 
 @dataclass(frozen=True)

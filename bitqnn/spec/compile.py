@@ -3,7 +3,8 @@
 Statements are compiled in order, so a name must be defined before it is used; the
 `options` statements are the exception, applying to the whole spec wherever they stand.
 Each `prove` becomes one Obligation: a Query (network, integer input box, violation in
-DNF) plus the engine options that apply to it.
+DNF) plus the engine options that apply to it; `prove ... under bitflips(...)` wraps that
+Query, unchanged, in a FaultQuery with the fault model (compiled in spec/faults.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 
 from bitqnn.error_query import ErrorQuery
 from bitqnn.error_verify import ERROR_ENGINES
+from bitqnn.faults import FaultQuery
 from bitqnn.floatnet import FloatNetwork
 from bitqnn.pairing import PairingError, pair_layers
 from bitqnn.properties import robust_violation, targeted_violation
@@ -25,6 +27,7 @@ from bitqnn.qnn import QNN, execute
 from bitqnn.query import Query, Violation
 from bitqnn.spec import ast
 from bitqnn.spec.errors import SpecError
+from bitqnn.spec.faults import fault_model
 from bitqnn.spec.files import read_sample
 from bitqnn.spec.linear import linear_violation
 from bitqnn.spec.networks import load_onnx, quantize
@@ -42,13 +45,15 @@ Kind = Literal["robust", "targeted", "linear", "error", "bound"]
 class Obligation:
     """One `prove` statement, ready for an engine.
 
-    `text` is the property as written, `options` holds timeout (seconds) and engine.
+    `text` is the property as written (without its `under` clause), `options` holds timeout
+    (seconds) and engine. A property proved under a fault model keeps its kind and has a
+    FaultQuery, whose `query` is the Query it would have without faults.
     """
 
     text: str
     pos: ast.Pos
     kind: Kind
-    query: Query | ErrorQuery  # ErrorQuery for kinds error and bound
+    query: Query | ErrorQuery | FaultQuery  # ErrorQuery for kinds error and bound
     options: dict
 
 
@@ -125,6 +130,9 @@ class _Compiler:
             elif isinstance(statement, ast.RegionStmt):
                 self.scope.define(statement.name, "region", self._region(statement.region))
             elif isinstance(statement, ast.ProveStmt) and isinstance(statement.prop, ast.ErrorBound):
+                if statement.under is not None:
+                    raise SpecError("bit flips apply to robust, targeted and linear properties, not to an error "
+                                    "bound", statement.under.pos)
                 obligations.append(self._error(statement.prop.term, statement.prop.eps, statement, "error", defaults))
             elif isinstance(statement, ast.ProveStmt):
                 obligations.append(self._prove(statement, defaults))
@@ -165,8 +173,10 @@ class _Compiler:
         kind, violation = self._violation(prop, network, region, options["tiebreak"])
         engine_options = {name: options[name] for name in ENGINE_OPTIONS}
         label = f"{statement.text} @ {statement.pos.file}:{statement.pos.line}"
-        return Obligation(statement.text, statement.pos, kind, Query(network, box, violation, label, engine_options),
-                          engine_options)
+        query: Query | FaultQuery = Query(network, box, violation, label, engine_options)
+        if statement.under is not None:
+            query = FaultQuery(query, fault_model(statement.under, prop.network, network), engine_options)
+        return Obligation(statement.text, statement.pos, kind, query, engine_options)
 
     def _error(self, term: ast.ErrorTerm, eps: ast.Number | None, statement: ast.ProveStmt | ast.BoundStmt,
                kind: Kind, defaults: dict[str, object]) -> Obligation:

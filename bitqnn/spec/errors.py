@@ -8,6 +8,7 @@ the compiler attaches the source line at its boundary.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Collection
 
@@ -90,6 +91,11 @@ _PATTERN_TERMINALS = {
 _END = "$END"
 _TOKEN_FORMATS = {"NAME": "name '{}'", "NUMBER": "number {}", "STRING": "string {}", _END: "end of file"}
 _STATEMENT_KEYWORDS = ("options", "network", "let", "region", "prove", "bound")
+# optional clauses that are named in an expectation only when nothing else would do: after
+# every property 'under' may follow, and listing it there would only lengthen each message
+# (a misspelt one gets a hint instead)
+_QUIET_KEYWORDS = ("under",)
+_UNDER_HINT = "a fault model follows 'under', as in: under bitflips(k=1, params=q.weights)"
 
 # (unexpected token values or types, something that was expected, hint)
 _HINTS: tuple[tuple[frozenset[str], str, str], ...] = (
@@ -101,9 +107,10 @@ _HINTS: tuple[tuple[frozenset[str], str, str], ...] = (
     (frozenset({"STRING"}), "onnx", 'load a model with: onnx "model.onnx"'),
     (frozenset({"steps"}), "real", "amounts are in input steps unless followed by 'real'"),
 )
+# character -> (what must be expected for the hint to apply, or None; hint)
 _CHARACTER_HINTS = {
-    '"': 'a string ends with " on the same line',
-    ".": "write decimals with digits on both sides of the point, as in 0.5",
+    '"': (None, 'a string ends with " on the same line'),
+    ".": ("NUMBER", "write decimals with digits on both sides of the point, as in 0.5"),
 }
 
 
@@ -121,6 +128,9 @@ def describe_expected(names: Collection[str]) -> str:
     names = set(names)
     if "NUMBER" in names:
         names.discard("MINUS")  # "a number" already covers a sign
+    quiet = {n for n in names if literals.get(n) in _QUIET_KEYWORDS}
+    if quiet != names:
+        names -= quiet
     statements = {n for n in names if literals.get(n) in _STATEMENT_KEYWORDS}
     folded = len(statements) == len(_STATEMENT_KEYWORDS)
     if folded:
@@ -145,6 +155,8 @@ def _hint(token_type: str, value: str, expected: Collection[str]) -> str | None:
     for unexpected, wanted, hint in _HINTS:
         if (token_type in unexpected or value in unexpected) and wanted in expected_words:
             return hint
+    if token_type == "NAME" and "under" in expected_words and difflib.get_close_matches(value, ["under"]):
+        return _UNDER_HINT
     return None
 
 
@@ -165,12 +177,12 @@ def _accepted_before(source: str, offset: int) -> set[str]:
     return interactive.accepts()
 
 
-def _unexpected_character(err: UnexpectedCharacters, source: str, file: str) -> SpecError:
-    expected = describe_expected(_accepted_before(source, err.pos_in_stream))
-    message = f"unexpected character '{err.char}'; expected {expected}"
-    hint = _CHARACTER_HINTS.get(err.char)
-    message += f" ({hint})" if hint else ""
-    return SpecError(message, Pos(file, err.line, err.column)).with_source(source)
+def _unexpected_character(char: str, offset: int, pos: Pos, source: str) -> SpecError:
+    accepted = _accepted_before(source, offset)
+    message = f"unexpected character '{char}'; expected {describe_expected(accepted)}"
+    wanted, hint = _CHARACTER_HINTS.get(char, (None, None))
+    message += f" ({hint})" if hint and (wanted is None or wanted in accepted) else ""
+    return SpecError(message, pos).with_source(source)
 
 
 def from_lark(err: UnexpectedCharacters | UnexpectedToken, source: str, file: str) -> SpecError:
@@ -180,8 +192,11 @@ def from_lark(err: UnexpectedCharacters | UnexpectedToken, source: str, file: st
     next line's first token; the error then points just after the unfinished line.
     """
     if isinstance(err, UnexpectedCharacters):
-        return _unexpected_character(err, source, file)
+        return _unexpected_character(err.char, err.pos_in_stream, Pos(file, err.line, err.column), source)
     token = err.token
+    if token.type != _END and str(token) in _CHARACTER_HINTS:
+        # punctuation of another construct ('.' in q.layers[0].weights) is a stray character here
+        return _unexpected_character(str(token), token.start_pos, Pos(file, token.line, token.column), source)
     expected = err.accepts or err.expected
     at_end = token.type == _END
     what = _describe_token(token.type, str(token))

@@ -119,8 +119,8 @@ class _ToAst(Transformer):
     # ---- properties ----
 
     def prove_stmt(self, meta: Meta, children: list) -> ast.ProveStmt:
-        (prop, text), *options = children
-        return ast.ProveStmt(prop, tuple(o for o in options if o is not None), text, self._pos(meta))
+        (prop, text), under, *options = children
+        return ast.ProveStmt(prop, tuple(o for o in options if o is not None), text, self._pos(meta), under)
 
     def property(self, meta: Meta, children: list) -> tuple[ast.Property, str]:
         """The property and its text as written, for the obligation's label."""
@@ -152,6 +152,36 @@ class _ToAst(Transformer):
         written = strip_comments(self._source[meta.start_pos:meta.end_pos])
         return ast.BoundStmt(term, tuple(o for o in options if o is not None), " ".join(written.split()),
                              self._pos(meta))
+
+    # ---- fault models ----
+
+    def under(self, meta: Meta, children: list) -> ast.Under:
+        return ast.Under(children[0], self._pos(meta))
+
+    def bitflips(self, meta: Meta, items: list) -> ast.BitFlips:
+        return ast.BitFlips(tuple(items), self._pos(meta))
+
+    def fault_item(self, meta: Meta, children: list) -> ast.FaultItem:
+        name, value = children
+        return ast.FaultItem(str(name), value, self._pos(meta))
+
+    def call(self, meta: Meta, children: list) -> ast.Call:
+        name, argument = children
+        return ast.Call(str(name), argument, self._pos(meta))
+
+    def param_sum(self, meta: Meta, parts: list) -> ast.ParamSum:
+        return ast.ParamSum(tuple(parts), self._pos(meta))
+
+    def param_ref(self, meta: Meta, children: list) -> ast.ParamRef:
+        network, layers, kind, index = children
+        return ast.ParamRef(network, layers, ast.Word(str(kind), self._token_pos(kind)), index, self._pos(meta))
+
+    def layers(self, meta: Meta, children: list) -> ast.Number | ast.LayerSlice:
+        return children[0]
+
+    def layer_slice(self, meta: Meta, children: list) -> ast.LayerSlice:
+        start, stop = children
+        return ast.LayerSlice(start, stop, self._pos(meta))
 
     # ---- linear formulas ----
 

@@ -1,0 +1,235 @@
+"""Deciding a property under bit flips: clean proof, pruning, then an exact stage.
+
+The order matters for speed and for what a verdict means. A property that fails with
+no flip at all fails under every fault model, so the clean network is decided first
+(and a clean UNKNOWN leaves nothing to prove). Pruning then removes the flips that
+provably cannot matter, and only the rest reach an exact stage:
+
+* a single input point under scope "one": every remaining flipped value is evaluated on
+  the exact executor, grouped by the neuron output it produces, which is complete;
+* a handful of remaining flip sets: each faulty network as a plain query, full pipeline;
+* otherwise CP-SAT models with a boolean per remaining flip (`encode/cpsat_faults.py`),
+  one per neuron when a fault can only touch one parameter.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from ortools.sat.python import cp_model
+
+from bitqnn.bounds import NetworkBounds
+from bitqnn.encode.cpsat_faults import encode_fault_term
+from bitqnn.engines.registry import make_engine
+from bitqnn.fault_prune import Pruning, fault_bounds, prune
+from bitqnn.faults import (
+    Candidates,
+    FaultModel,
+    FaultQuery,
+    Flip,
+    apply_flips,
+    candidates,
+    flipped_values,
+    patterns,
+)
+from bitqnn.outcome import Verdict
+from bitqnn.qnn import QNN, AccumulatorOverflow, Dense, apply_accumulator_policy, run_layer
+from bitqnn.query import Query, Violation
+from bitqnn.symbolic import analysis_of
+
+CLEAN_SHARE = 0.5  # at most this part of the timeout goes to the clean network
+PER_PATTERN_LIMIT = 32  # up to this many remaining flip sets are decided one faulty network at a time
+
+
+@dataclass(frozen=True)
+class FaultOutcome:
+    """An engine's answer under faults; a FALSIFIED one names its input and its flips
+    (no flips: the property fails on the clean network already)."""
+
+    verdict: Verdict
+    engine: str
+    seconds: float
+    reason: str = ""
+    witness: np.ndarray | None = None
+    flips: tuple[Flip, ...] = ()
+    stats: dict = field(default_factory=dict)
+
+
+class FaultEngine:
+    """`auto`: the staged pipeline above; `cpsat`: clean proof and pruning, then always the
+    integer encoding, so that the encoding itself is what the cross-checks test."""
+
+    def __init__(self, name: str = "auto") -> None:
+        self.name = f"faults-{name}"
+        self.shortcuts = name == "auto"  # point evaluation and per-flip queries; "cpsat" is the pure encoding
+        self.clean = make_engine("auto" if name == "auto" else "cpsat")
+
+    def solve(self, fq: FaultQuery, timeout: float) -> FaultOutcome:
+        start = time.perf_counter()
+        query = fq.query
+        clean = self.clean.solve(query, timeout * CLEAN_SHARE)
+        stats: dict = {"clean": clean.verdict.value}
+        if clean.verdict is Verdict.FALSIFIED:
+            return FaultOutcome(Verdict.FALSIFIED, f"{self.name}:{clean.engine}", time.perf_counter() - start,
+                                "fails without any flip", clean.witness, (), stats)
+        if clean.verdict is Verdict.UNKNOWN:
+            return FaultOutcome(Verdict.UNKNOWN, self.name, time.perf_counter() - start,
+                                f"not proved even without flips ({clean.reason})", stats=stats)
+        cands = candidates(query.network, fq.model)
+        blocker = _unsupported_after_fault(query.network, cands)
+        if blocker:
+            return FaultOutcome(Verdict.UNKNOWN, self.name, time.perf_counter() - start, blocker, stats=stats)
+        pruning = prune(query.network, analysis_of(query), query.violation, cands, fq.model)
+        stats.update(candidate_flips=pruning.rows, parameters=pruning.parameters,
+                     pruned_invariant=pruning.pruned_invariant, pruned_tolerance=pruning.pruned_tolerance,
+                     remaining_flips=len(pruning.remaining), remaining_parameters=pruning.remaining.parameters)
+        if len(pruning.remaining) == 0:
+            return FaultOutcome(Verdict.PROVED, f"{self.name}:pruning", time.perf_counter() - start, stats=stats)
+        region = query.region
+        if self.shortcuts and fq.model.scope == "one" and np.array_equal(region.lo, region.hi):
+            engine = f"{self.name}:point"
+            try:
+                found = point_search(query.network, region.lo, query.violation, pruning.remaining, fq.model)
+            except AccumulatorOverflow as overflow:
+                return FaultOutcome(Verdict.UNKNOWN, engine, time.perf_counter() - start, str(overflow), stats=stats)
+            if found is None:
+                return FaultOutcome(Verdict.PROVED, engine, time.perf_counter() - start, stats=stats)
+            return FaultOutcome(Verdict.FALSIFIED, engine, time.perf_counter() - start, "", region.lo.copy(),
+                                found, stats)
+        remaining = timeout - (time.perf_counter() - start)
+        few = list(itertools.islice(patterns(pruning.remaining, fq.model), PER_PATTERN_LIMIT + 1))
+        if self.shortcuts and len(few) <= PER_PATTERN_LIMIT:
+            return self._per_pattern(query, [tuple(pruning.remaining.flip(j) for j in p) for p in few], remaining,
+                                     start, stats)
+        return self._cpsat(query, fq.model, pruning, remaining, start, stats)
+
+    def _per_pattern(self, query: Query, faults: list[tuple[Flip, ...]], seconds: float, start: float,
+                     stats: dict) -> FaultOutcome:
+        """A handful of flip sets: each is a plain query on its faulty network, so it gets the
+        full pipeline, symbolic bounds of that very network included."""
+        engine = f"{self.name}:per-flip"
+        deadline = time.perf_counter() + seconds
+        stats["exact_groups"] = len(faults)
+        for number, flips in enumerate(faults):
+            faulty = replace(query, network=apply_flips(query.network, flips))
+            try:
+                outcome = self.clean.solve(faulty, deadline - time.perf_counter())
+            except AccumulatorOverflow as overflow:
+                return FaultOutcome(Verdict.UNKNOWN, engine, time.perf_counter() - start, str(overflow), stats=stats)
+            if outcome.verdict is Verdict.FALSIFIED:
+                return FaultOutcome(Verdict.FALSIFIED, engine, time.perf_counter() - start, "", outcome.witness,
+                                    flips, stats)
+            if outcome.verdict is Verdict.UNKNOWN:
+                return FaultOutcome(Verdict.UNKNOWN, engine, time.perf_counter() - start,
+                                    f"{outcome.reason} after {number} of {len(faults)} flip sets", stats=stats)
+        return FaultOutcome(Verdict.PROVED, engine, time.perf_counter() - start, stats=stats)
+
+    def _cpsat(self, query: Query, model: FaultModel, pruning: Pruning, seconds: float, start: float,
+               stats: dict) -> FaultOutcome:
+        """One CP-SAT model per group of flips that can act together. With one flipped
+        parameter (scope "one", or k = 1) a fault changes one neuron only, so each neuron's
+        flips form a separate, much smaller model; under scope "any" all flips share one."""
+        engine = f"{self.name}:cpsat"
+        deadline = time.perf_counter() + seconds
+        cands = pruning.remaining
+        if model.scope == "one" or model.k == 1:
+            keys = cands.layer * (1 + int(cands.neuron.max())) + cands.neuron
+            groups = [np.flatnonzero(keys == key) for key in np.unique(keys)]
+        else:
+            groups = [np.arange(len(cands))]
+        stats["exact_groups"] = len(groups)
+        for number, rows in enumerate(groups):
+            part = cands.subset(rows)
+            bounds, _ = fault_bounds(query.network, pruning.clean, part, model.k)
+            overflow = [i for i, b in enumerate(bounds.layers) if b.may_overflow is not None
+                        and bool(np.any(b.may_overflow))]
+            if overflow:
+                return FaultOutcome(Verdict.UNKNOWN, engine, time.perf_counter() - start,
+                                    f"a flip may overflow an accumulator of layer {overflow[0]}", stats=stats)
+            verdict, found = self._solve_group(query, model, part, bounds, deadline, stats)
+            if verdict is Verdict.FALSIFIED:
+                return FaultOutcome(Verdict.FALSIFIED, engine, time.perf_counter() - start, "", *found, stats)
+            if verdict is Verdict.UNKNOWN:
+                return FaultOutcome(Verdict.UNKNOWN, engine, time.perf_counter() - start,
+                                    f"timeout after {number} of {len(groups)} flip groups", stats=stats)
+        return FaultOutcome(Verdict.PROVED, engine, time.perf_counter() - start, stats=stats)
+
+    def _solve_group(self, query: Query, model: FaultModel, part: Candidates, bounds: NetworkBounds,
+                     deadline: float, stats: dict) -> tuple[Verdict, tuple]:
+        for term in query.violation.terms:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                return Verdict.UNKNOWN, ()
+            encoding = encode_fault_term(query.network, bounds, part, model, term)
+            solver = cp_model.CpSolver()
+            solver.parameters.max_time_in_seconds = left
+            solver.parameters.num_workers = 2
+            status = solver.solve(encoding.model)
+            stats["variables"] = max(stats.get("variables", 0), encoding.variables)
+            if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+                witness = np.array([v if isinstance(v, int) else solver.value(v) for v in encoding.inputs],
+                                   dtype=np.int64)
+                flips = tuple(part.flip(j) for j, f in enumerate(encoding.flags) if solver.value(f))
+                return Verdict.FALSIFIED, (witness, flips)
+            if status != cp_model.INFEASIBLE:
+                return Verdict.UNKNOWN, ()
+        return Verdict.PROVED, ()
+
+
+def point_search(qnn: QNN, x: np.ndarray, violation: Violation, cands: Candidates,
+                 model: FaultModel) -> tuple[Flip, ...] | None:
+    """Scope "one" at one input: every flipped value of every candidate parameter, exactly.
+
+    A parameter changes only its own neuron, so each flipped value is summarised by the
+    neuron output it produces; each distinct (layer, neuron, output) runs the rest of the
+    network once, batched per layer."""
+    outputs, accs = [], []
+    values = np.asarray(x, dtype=np.int64).reshape(1, -1)
+    for index in range(len(qnn.layers)):
+        values, acc = run_layer(qnn, index, values)
+        outputs.append(values[0])
+        accs.append(None if acc is None else acc[0])
+    first: dict[tuple[int, int, int], tuple[int, ...]] = {}
+    for value_set in flipped_values(cands, model.k):
+        rows, deltas, combos = value_set.rows, value_set.deltas, value_set.combos
+        j = rows[0]
+        index, neuron = int(cands.layer[j]), int(cands.neuron[j])
+        layer = qnn.layers[index]
+        factor = 1 if cands.bias[j] else int(outputs[index - 1][cands.column[j]] if index else x[cands.column[j]]) \
+            - layer.input_zero
+        form = qnn.linear_form(index)
+        raw = accs[index][neuron] + np.asarray(deltas, dtype=np.int64) * factor
+        moved = apply_accumulator_policy(qnn, index, raw[:, None])[:, 0]  # raises where a flip overflows
+        new = layer.output(moved, np.full(moved.shape, form.channels[neuron]))
+        for value, combo in zip(new.tolist(), combos, strict=True):
+            first.setdefault((index, neuron, value), combo)
+    by_layer: dict[int, list[tuple[int, int]]] = {}
+    for index, neuron, value in first:
+        if value != outputs[index][neuron]:
+            by_layer.setdefault(index, []).append((neuron, value))
+    for index, changes in sorted(by_layer.items()):
+        batch = np.repeat(outputs[index][None, :], len(changes), axis=0)
+        for row, (neuron, value) in enumerate(changes):
+            batch[row, neuron] = value
+        for later in range(index + 1, len(qnn.layers)):
+            batch, _ = run_layer(qnn, later, batch)
+        hit = np.flatnonzero(violation.holds(batch))
+        if hit.size:
+            neuron, value = changes[int(hit[0])]
+            return tuple(cands.flip(j) for j in first[(index, neuron, value)])
+    return None
+
+
+def _unsupported_after_fault(qnn: QNN, cands: Candidates) -> str:
+    """The fault analyses push differences through dense layers only."""
+    if len(cands) == 0:
+        return ""
+    first = int(cands.layer.min())
+    for index in range(first + 1, len(qnn.layers)):
+        if not isinstance(qnn.layers[index], Dense):
+            return (f"bit flips before a {type(qnn.layers[index]).__name__} layer (layer {index}) are not "
+                    "analysed yet: every layer after a faulty one must be dense")
+    return ""

@@ -1,0 +1,304 @@
+"""Sound pruning of bit-flip candidates before any exact solving.
+
+Two tests, both sound for the fault model they are applied under:
+
+* Invariance (any scope): a neuron whose output stays one value over its accumulator
+  range widened by its k worst flips cannot pass any of its flips on, alone or together.
+* Tolerance (scope "one"): with a single parameter faulty, only its neuron changes at
+  first. Its output difference is pushed through the rest of the network as intervals
+  added to the clean network's bounds (difference propagation), and the property is
+  checked on the outputs' clean symbolic ranges plus those differences. Per neuron, a
+  vectorised bisection finds how far the accumulator may move up (and down) with the
+  property intact; a parameter whose flipped values, split at the sign change, stay
+  inside that tolerance is harmless.
+
+What survives goes to an exact engine. The counts are reported, since how much is
+pruned decides how long the rest takes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bitqnn.bounds import LayerBounds, NetworkBounds
+from bitqnn.faults import Candidates, FaultModel
+from bitqnn.qnn import QNN, Dense
+from bitqnn.query import Violation
+from bitqnn.requant import OutputStage, Rounding, ShiftRequant
+from bitqnn.symbolic import SymbolicAnalysis
+
+
+@dataclass(frozen=True)
+class Pruning:
+    remaining: Candidates
+    clean: NetworkBounds  # the clean network's bounds, from which fault bounds are derived
+    rows: int
+    parameters: int
+    pruned_invariant: int  # rows
+    pruned_tolerance: int  # rows
+
+    @property
+    def pruned(self) -> int:
+        return self.rows - len(self.remaining)
+
+
+def row_perturbation(qnn: QNN, cands: Candidates, bounds: NetworkBounds) -> tuple[np.ndarray, np.ndarray]:
+    """Per candidate row, the range of what it adds to its neuron's accumulator."""
+    low = cands.delta.astype(np.float64).copy()
+    high = low.copy()
+    weights = np.flatnonzero(~cands.bias)
+    for index in np.unique(cands.layer[weights]):
+        rows = weights[cands.layer[weights] == index]
+        layer = qnn.layers[index]
+        x_lo, x_hi = bounds.before(int(index))
+        a = (x_lo[cands.column[rows]] - layer.input_zero).astype(np.float64)
+        b = (x_hi[cands.column[rows]] - layer.input_zero).astype(np.float64)
+        d = cands.delta[rows].astype(np.float64)
+        low[rows] = np.minimum(d * a, d * b)
+        high[rows] = np.maximum(d * a, d * b)
+    return low.astype(np.int64), high.astype(np.int64)
+
+
+def _top_k_sums(groups: np.ndarray, values: np.ndarray, k: int, size: int) -> np.ndarray:
+    """Per group, the sum of its k largest positive values (0 where it has none)."""
+    order = np.lexsort((-values, groups))
+    g, v = groups[order], values[order]
+    first = np.searchsorted(g, g, side="left")
+    rank = np.arange(g.size) - first
+    take = (rank < k) & (v > 0)
+    return np.bincount(g[take], weights=v[take], minlength=size).astype(np.int64)
+
+
+def fault_bounds(qnn: QNN, clean: NetworkBounds, cands: Candidates, k: int) -> tuple[NetworkBounds, np.ndarray]:
+    """Bounds valid for every network the candidates allow, and which rows are invariant.
+
+    Layer by layer: a layer whose inputs are unchanged keeps its clean accumulator
+    bounds, otherwise they are recomputed from the widened inputs; then each neuron's
+    range grows by its k worst flips, unless that cannot change its output at all."""
+    invariant = np.zeros(len(cands), dtype=bool)
+    layers = list(clean.layers)
+    widened = False
+    for index, layer in enumerate(qnn.layers):
+        here = np.flatnonzero(cands.layer == index)
+        if not widened and here.size == 0:
+            continue
+        if not isinstance(layer, Dense):
+            if widened:
+                raise ValueError(f"layer {index}: fault bounds need dense layers after a faulty one")
+            continue
+        form = qnn.linear_form(index)
+        lo_in, hi_in = (clean.input_lo, clean.input_hi) if index == 0 else (layers[index - 1].lo, layers[index - 1].hi)
+        if widened:
+            pos, neg = np.maximum(form.matrix, 0), np.minimum(form.matrix, 0)
+            acc_lo = pos @ lo_in + neg @ hi_in + form.offset
+            acc_hi = pos @ hi_in + neg @ lo_in + form.offset
+        else:
+            acc_lo, acc_hi = clean.layers[index].acc_lo, clean.layers[index].acc_hi
+        sub = cands.subset(here)
+        view = NetworkBounds(clean.input_lo, clean.input_hi, tuple(layers))
+        low, high = row_perturbation(qnn, sub, view)
+        size = form.matrix.shape[0]
+        down = _top_k_sums(sub.neuron, -low, k, size)
+        up = _top_k_sums(sub.neuron, high, k, size)
+        wide_lo, wide_hi = acc_lo - down, acc_hi + up
+        out_lo = layer.output(wide_lo, form.channels)
+        out_hi = layer.output(wide_hi, form.channels)
+        clean_lo, clean_hi = layer.output(acc_lo, form.channels), layer.output(acc_hi, form.channels)
+        fixed = (out_lo == out_hi) & (out_lo == clean_lo) & (clean_lo == clean_hi) & within_width(qnn, wide_lo, wide_hi)
+        invariant[here] = fixed[sub.neuron]
+        keep_wide = ~fixed
+        acc_lo = np.where(keep_wide, wide_lo, acc_lo)
+        acc_hi = np.where(keep_wide, wide_hi, acc_hi)
+        out_lo = np.where(keep_wide, out_lo, clean_lo)
+        out_hi = np.where(keep_wide, out_hi, clean_hi)
+        old = clean.layers[index]
+        widened = widened or bool(np.any((out_lo != old.lo) | (out_hi != old.hi)))
+        overflow = ~within_width(qnn, acc_lo, acc_hi)
+        layers[index] = LayerBounds(out_lo, out_hi, acc_lo, acc_hi, overflow)
+    return NetworkBounds(clean.input_lo, clean.input_hi, tuple(layers)), invariant
+
+
+def within_width(qnn: QNN, acc_lo: np.ndarray, acc_hi: np.ndarray) -> np.ndarray:
+    """Accumulator ranges inside the declared width: outside it, wraparound or an error
+    changes the meaning, so no shortcut that reads the plain staircase applies there."""
+    limit = np.int64(1) << (qnn.accumulator_bits - 1)
+    return (acc_lo >= -limit) & (acc_hi < limit)
+
+
+def stage_difference(stage: OutputStage, channels: np.ndarray, acc_lo: np.ndarray, acc_hi: np.ndarray,
+                     d_lo: np.ndarray, d_hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds on y(a + d) - y(a) over a in [acc_lo, acc_hi], d in [d_lo, d_hi] (elementwise).
+
+    Monotonicity gives y(acc_hi + d_hi) - y(acc_lo) from above. A power-of-two shift also
+    bounds the step count: floor and half-up put a boundary every 2**shift accumulators, so
+    a move by d crosses at most ceil(d / 2**shift); any rounding stays within 1/2 of
+    a / 2**shift, so a move crosses at most floor(d / 2**shift) + 1."""
+    up = stage(acc_hi + d_hi, channels) - stage(acc_lo, channels)
+    down = stage(acc_lo + d_lo, channels) - stage(acc_hi, channels)
+    if stage.requant is None:
+        up, down = np.minimum(up, np.maximum(d_hi, 0)), np.maximum(down, np.minimum(d_lo, 0))
+    elif isinstance(stage.requant, ShiftRequant):
+        shift = np.asarray(stage.requant.shift).ravel()
+        shift = shift[0] if shift.size == 1 else shift[channels]
+        if np.all(shift >= 0):
+            unit = np.left_shift(np.int64(1), shift)
+            rise, fall = np.maximum(d_hi, 0), np.maximum(-d_lo, 0)
+            if stage.requant.rounding in (Rounding.FLOOR, Rounding.HALF_UP):
+                rise_steps, fall_steps = -(-rise // unit), -(-fall // unit)
+            else:
+                rise_steps, fall_steps = rise // unit + 1, fall // unit + 1
+            up = np.minimum(up, rise_steps)
+            down = np.maximum(down, -fall_steps)
+    up = np.where(d_hi <= 0, np.minimum(up, 0), up)
+    down = np.where(d_lo >= 0, np.maximum(down, 0), down)
+    return down, up
+
+
+class DifferenceCheck:
+    """Does the property survive when neurons of one layer move by given amounts?
+
+    Scenarios are batched: row s of the inputs moves neuron `neurons[s]` of layer
+    `index`'s accumulator by [d_lo[s], d_hi[s]] and leaves the rest of that layer clean."""
+
+    def __init__(self, qnn: QNN, analysis: SymbolicAnalysis, violation: Violation) -> None:
+        self.qnn = qnn
+        self.bounds = analysis.bounds
+        self.terms = [[(atom, analysis.output_range(atom.terms)[1]) for atom in term] for term in violation.terms]
+
+    def holds(self, index: int, neurons: np.ndarray, d_lo: np.ndarray, d_hi: np.ndarray) -> np.ndarray:
+        qnn, bounds = self.qnn, self.bounds
+        form = qnn.linear_form(index)
+        b = bounds.layers[index]
+        ch = form.channels[neurons]
+        own_lo, own_hi = stage_difference(qnn.layers[index].output, ch, b.acc_lo[neurons], b.acc_hi[neurons],
+                                          d_lo, d_hi)
+        width = b.lo.size
+        diff_lo = np.zeros((neurons.size, width))
+        diff_hi = np.zeros((neurons.size, width))
+        rows = np.arange(neurons.size)
+        diff_lo[rows, neurons], diff_hi[rows, neurons] = own_lo, own_hi
+        for later in range(index + 1, len(qnn.layers)):
+            matrix = qnn.linear_form(later).matrix.astype(np.float64)
+            pos, neg = np.maximum(matrix, 0).T, np.minimum(matrix, 0).T
+            acc_dlo = (diff_lo @ pos + diff_hi @ neg).astype(np.int64)
+            acc_dhi = (diff_hi @ pos + diff_lo @ neg).astype(np.int64)
+            nb = bounds.layers[later]
+            channels = qnn.linear_form(later).channels
+            lo, hi = stage_difference(qnn.layers[later].output, channels[None, :], nb.acc_lo[None, :],
+                                      nb.acc_hi[None, :], acc_dlo, acc_dhi)
+            diff_lo, diff_hi = lo.astype(np.float64), hi.astype(np.float64)
+        safe = np.ones(neurons.size, dtype=bool)
+        for term in self.terms:
+            ruled_out = np.zeros(neurons.size, dtype=bool)
+            for atom, clean_high in term:
+                high = np.full(neurons.size, float(clean_high))
+                for i, c in atom.terms:
+                    high += np.maximum(c * diff_lo[:, i], c * diff_hi[:, i])
+                ruled_out |= high < atom.bound
+            safe &= ruled_out
+        return safe
+
+
+def tolerances(check: DifferenceCheck, index: int, neurons: np.ndarray, limit: np.ndarray,
+               upward: bool) -> np.ndarray:
+    """Per neuron, the largest t <= limit with the accumulator moving by [0, t] (or [-t, 0])
+    and the property intact (0 where even a move of 1 may break it)."""
+    hi = limit.astype(np.int64).copy()
+    whole = _probe(check, index, neurons, hi, upward)
+    lo = np.where(whole, hi, 0)  # a move of 0 is the clean network, which the caller has proved
+    active = ~whole
+    while np.any(active & (hi - lo > 1)):
+        mid = lo + (hi - lo) // 2
+        probe = active & (hi - lo > 1)
+        safe = np.zeros(neurons.size, dtype=bool)
+        safe[probe] = _probe(check, index, neurons[probe], mid[probe], upward)
+        lo = np.where(probe & safe, mid, lo)
+        hi = np.where(probe & ~safe, mid, hi)
+    return lo
+
+
+def _probe(check: DifferenceCheck, index: int, neurons: np.ndarray, t: np.ndarray, upward: bool) -> np.ndarray:
+    zero = np.zeros(neurons.size, dtype=np.int64)
+    return check.holds(index, neurons, zero, t) if upward else check.holds(index, neurons, -t, zero)
+
+
+def prune(qnn: QNN, analysis: SymbolicAnalysis, violation: Violation, cands: Candidates,
+          model: FaultModel) -> Pruning:
+    """Drop the candidate rows that provably cannot break the property."""
+    clean = analysis.bounds
+    _, invariant = fault_bounds(qnn, clean, cands, model.k)
+    keep = ~invariant
+    by_tolerance = 0
+    if model.scope == "one" and np.any(keep):
+        keep, by_tolerance = _tolerance_pass(qnn, analysis, violation, cands, model.k, keep)
+    return Pruning(cands.subset(keep), clean, len(cands), cands.parameters, int(invariant.sum()), by_tolerance)
+
+
+def _tolerance_pass(qnn: QNN, analysis: SymbolicAnalysis, violation: Violation, cands: Candidates, k: int,
+                    keep: np.ndarray) -> tuple[np.ndarray, int]:
+    """Scope "one": keep a parameter only if one of its flipped values leaves the tolerance."""
+    check = DifferenceCheck(qnn, analysis, violation)
+    keep = keep.copy()
+    live_rows = np.flatnonzero(keep)
+    live = cands.subset(live_rows)
+    harmless_rows = np.zeros(len(live), dtype=bool)
+    for index in np.unique(live.layer):
+        here = np.flatnonzero(live.layer == index)
+        moves = parameter_moves(qnn, live.subset(here), k, analysis.bounds)
+        size = qnn.layers[int(index)].weight.shape[0]
+        need_up = np.zeros(size, dtype=np.int64)
+        need_down = np.zeros(size, dtype=np.int64)
+        np.maximum.at(need_up, moves.neuron, np.maximum(moves.high, 0))
+        np.maximum.at(need_down, moves.neuron, np.maximum(-moves.low, 0))
+        neurons = np.flatnonzero((need_up > 0) | (need_down > 0))
+        up = np.zeros(size, dtype=np.int64)
+        down = np.zeros(size, dtype=np.int64)
+        if neurons.size:
+            up[neurons] = tolerances(check, int(index), neurons, need_up[neurons], upward=True)
+            down[neurons] = tolerances(check, int(index), neurons, need_down[neurons], upward=False)
+        clean = analysis.bounds.layers[int(index)]
+        inside = within_width(qnn, clean.acc_lo[moves.neuron] + moves.low, clean.acc_hi[moves.neuron] + moves.high)
+        harmless = (moves.high <= up[moves.neuron]) & (-moves.low <= down[moves.neuron]) & inside
+        for p in np.flatnonzero(harmless & moves.mixed):
+            harmless[p] = bool(check.holds(int(index), moves.neuron[p:p + 1], moves.low[p:p + 1],
+                                           moves.high[p:p + 1])[0])
+        harmless_rows[here] = harmless[moves.row_param]
+    keep[live_rows[harmless_rows]] = False
+    return keep, int(harmless_rows.sum())
+
+
+@dataclass(frozen=True)
+class ParameterMoves:
+    """Per parameter of one layer (per candidate row when k = 1, so that a harmless low bit
+    is pruned even where the sign bit of the same weight is not): its neuron and how far its flipped values move the
+    accumulator; `mixed` where one flipped value can move it both ways (an input that
+    spans zero), so the tolerance of each direction alone does not cover it."""
+
+    neuron: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    mixed: np.ndarray
+    row_param: np.ndarray  # per candidate row, its parameter's position in these arrays
+
+
+def parameter_moves(qnn: QNN, cands: Candidates, k: int, bounds: NetworkBounds) -> ParameterMoves:
+    """A flipped value adds D * f, where D sums <= k of the parameter's deltas and f is
+    x - xz (1 for a bias). D ranges over [-(k largest negative sum), k largest positive
+    sum] and f over the input's bounds, so the extremes sit at the corners."""
+    key = cands.param if k > 1 else np.arange(len(cands))  # one flip: each row is its own flipped value
+    params, first, row_param = np.unique(key, return_index=True, return_inverse=True)
+    size = params.size
+    most = _top_k_sums(row_param, cands.delta, k, size)
+    least = -_top_k_sums(row_param, -cands.delta, k, size)
+    index = int(cands.layer[0])
+    zero = qnn.layers[index].input_zero
+    x_lo, x_hi = bounds.before(index)
+    column = cands.column[first]
+    bias = cands.bias[first]
+    a = np.where(bias, 1, x_lo[np.where(bias, 0, column)] - zero)
+    b = np.where(bias, 1, x_hi[np.where(bias, 0, column)] - zero)
+    corners = np.stack([most * a, most * b, least * a, least * b])
+    return ParameterMoves(cands.neuron[first], corners.min(axis=0), corners.max(axis=0), (a < 0) & (b > 0),
+                          row_param)
