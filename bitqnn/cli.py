@@ -1,4 +1,4 @@
-"""The `bitqnn` command: prove, check, run, bench.
+"""The `bitqnn` command: prove, check, audit, run, bench.
 
 Exit codes (documented in the README): 0 every property proved; 10 some property
 falsified; 20 none falsified but some unknown; 2 bad input (spec, model, sample, flags);
@@ -31,10 +31,11 @@ class InputError(Exception):
 
 
 def _compile(path: str):
-    from bitqnn.spec import SpecError, compile_spec
+    """The spec's obligations and audits (`spec.Compiled`)."""
+    from bitqnn.spec import SpecError, compile_file
 
     try:
-        return compile_spec(path, engines=ENGINE_NAMES)
+        return compile_file(path, engines=ENGINE_NAMES)
     except SpecError as error:
         raise InputError(error.render()) from error
 
@@ -44,7 +45,7 @@ def cmd_prove(args: argparse.Namespace) -> int:
     from bitqnn.engines.registry import make_engine
     from bitqnn.verify import verify
 
-    obligations = _compile(args.spec)
+    obligations = _compile(args.spec).obligations
     _check_statement_engines(obligations)
     if args.engine:
         _check_engine_fits(obligations, args.engine)
@@ -76,7 +77,10 @@ def cmd_prove(args: argparse.Namespace) -> int:
     if args.vnncomp:
         for path in report.write_vnncomp(results, Path(args.vnncomp)):
             print(f"wrote {path}", file=sys.stderr)
-    verdicts = {r.verdict for r in results}
+    return _exit_code({r.verdict for r in results})
+
+
+def _exit_code(verdicts: set[Verdict]) -> int:
     if Verdict.FALSIFIED in verdicts:
         return EXIT_FALSIFIED
     return EXIT_UNKNOWN if Verdict.UNKNOWN in verdicts else EXIT_PROVED
@@ -117,7 +121,8 @@ def _export_smtlib(obligations, target: Path) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    obligations = _compile(args.spec)
+    compiled = _compile(args.spec)
+    obligations = compiled.obligations
     _check_statement_engines(obligations)
     for obligation in obligations:
         query = obligation.query
@@ -127,8 +132,29 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"ok  {query.label}: {obligation.kind}, {query.network.name}, "
               f"{query.region.points} input points, {cases}, "
               f"engine {obligation.options['engine']}, timeout {obligation.options['timeout']:g}s")
-    print(f"{args.spec}: {len(obligations)} propert{'y' if len(obligations) == 1 else 'ies'} checked")
+    for audit in compiled.audits:
+        print(f"ok  audit @ {audit.pos.file}:{audit.pos.line}: {len(audit.samples)} samples, k = 1.."
+              f"{audit.queries[0].model.k}, engine {audit.options['engine']}, timeout {audit.options['timeout']:g}s")
+    audits = f", {len(compiled.audits)} audit{'' if len(compiled.audits) == 1 else 's'}" if compiled.audits else ""
+    print(f"{args.spec}: {len(obligations)} propert{'y' if len(obligations) == 1 else 'ies'}{audits} checked")
     return EXIT_PROVED
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from bitqnn.audit import default_jobs, run_audits
+
+    audits = _compile(args.spec).audits
+    if not audits:
+        raise InputError(f"{args.spec}: no audit statement; bitqnn audit runs `audit robust(...) over sample ...`")
+    if args.jobs is not None and args.jobs < 1:
+        raise InputError(f"--jobs must be at least 1, not {args.jobs}")
+    if args.timeout is not None and args.timeout <= 0:
+        raise InputError(f"--timeout must be more than 0, not {args.timeout:g}")
+    spec = Path(args.spec)
+    runs = run_audits(audits, Path(args.store) if args.store else spec.with_suffix(".audit.jsonl"),
+                      Path(args.html) if args.html else spec.with_suffix(".audit.html"),
+                      args.jobs or default_jobs(), args.timeout)
+    return _exit_code(set().union(*(run.verdicts for run in runs)))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -208,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="parse and validate a spec without solving")
     check.add_argument("spec")
     check.set_defaults(run=cmd_check)
+    audit = sub.add_parser("audit", help="run a spec's audit statements: bit-flip resilience over samples")
+    audit.add_argument("spec")
+    audit.add_argument("--jobs", type=int, help="worker processes (default: every core)")
+    audit.add_argument("--store", metavar="PATH", help="JSON-lines results, read to resume (default SPEC.audit.jsonl)")
+    audit.add_argument("--html", metavar="PATH", help="the HTML report (default SPEC.audit.html)")
+    audit.add_argument("--timeout", type=float, help="seconds per (sample, k) query, overriding the spec")
+    audit.set_defaults(run=cmd_audit)
     run = sub.add_parser("run", help="run a quantized ONNX model on a sample and print the integer trace")
     run.add_argument("model")
     run.add_argument("--sample", required=True, help="npz, npy or csv file")

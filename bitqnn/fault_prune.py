@@ -23,9 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from bitqnn.bounds import LayerBounds, NetworkBounds
+from bitqnn.fault_perturb import harmless_rows
 from bitqnn.faults import Candidates, FaultModel
 from bitqnn.qnn import QNN, Dense
-from bitqnn.query import Violation
+from bitqnn.query import Query, Violation
 from bitqnn.requant import OutputStage, Rounding, ShiftRequant
 from bitqnn.symbolic import SymbolicAnalysis
 
@@ -38,6 +39,7 @@ class Pruning:
     parameters: int
     pruned_invariant: int  # rows
     pruned_tolerance: int  # rows
+    pruned_symbolic: int  # rows
 
     @property
     def pruned(self) -> int:
@@ -224,16 +226,40 @@ def _probe(check: DifferenceCheck, index: int, neurons: np.ndarray, t: np.ndarra
     return check.holds(index, neurons, zero, t) if upward else check.holds(index, neurons, -t, zero)
 
 
-def prune(qnn: QNN, analysis: SymbolicAnalysis, violation: Violation, cands: Candidates,
-          model: FaultModel) -> Pruning:
-    """Drop the candidate rows that provably cannot break the property."""
-    clean = analysis.bounds
+def prune(query: Query, analysis: SymbolicAnalysis, cands: Candidates, model: FaultModel) -> Pruning:
+    """Drop the candidate rows that provably cannot break the property: invariant neurons
+    first (cheapest), then, where a fault touches one parameter, the interval tolerance
+    and last the augmented symbolic analysis for what is left."""
+    qnn, violation, clean = query.network, query.violation, analysis.bounds
     _, invariant = fault_bounds(qnn, clean, cands, model.k)
     keep = ~invariant
-    by_tolerance = 0
-    if model.scope == "one" and np.any(keep):
+    by_tolerance = by_symbolic = 0
+    if (model.scope == "one" or model.k == 1) and np.any(keep):
         keep, by_tolerance = _tolerance_pass(qnn, analysis, violation, cands, model.k, keep)
-    return Pruning(cands.subset(keep), clean, len(cands), cands.parameters, int(invariant.sum()), by_tolerance)
+        keep, by_symbolic = _symbolic_pass(query, clean, cands, model.k, keep)
+    return Pruning(cands.subset(keep), clean, len(cands), cands.parameters, int(invariant.sum()), by_tolerance,
+                   by_symbolic)
+
+
+def _symbolic_pass(query: Query, clean: NetworkBounds, cands: Candidates, k: int,
+                   keep: np.ndarray) -> tuple[np.ndarray, int]:
+    keep = keep.copy()
+    pruned = 0
+    for index in np.unique(cands.layer[keep]):
+        rows = np.flatnonzero(keep & (cands.layer == index))
+        part = cands.subset(rows)
+        moves = parameter_moves(query.network, part, k, clean)
+        low, high = np.minimum(moves.low, 0)[moves.row_param], np.maximum(moves.high, 0)[moves.row_param]
+        acc = clean.layers[int(index)]
+        inside = within_width(query.network, acc.acc_lo[part.neuron] + low, acc.acc_hi[part.neuron] + high)
+        chosen = np.flatnonzero(inside)
+        harmless = np.zeros(len(part), dtype=bool)
+        if chosen.size:  # with k > 1 a retry on low bits alone would miss flip sets mixing in a high bit
+            harmless[chosen] = harmless_rows(query.network, query.region, clean, query.violation,
+                                             part.subset(chosen), low[chosen], high[chosen], low_bit_retry=k == 1)
+        keep[rows[harmless]] = False
+        pruned += int(harmless.sum())
+    return keep, pruned
 
 
 def _tolerance_pass(qnn: QNN, analysis: SymbolicAnalysis, violation: Violation, cands: Candidates, k: int,

@@ -82,9 +82,10 @@ class FaultEngine:
         blocker = _unsupported_after_fault(query.network, cands)
         if blocker:
             return FaultOutcome(Verdict.UNKNOWN, self.name, time.perf_counter() - start, blocker, stats=stats)
-        pruning = prune(query.network, analysis_of(query), query.violation, cands, fq.model)
+        pruning = prune(query, analysis_of(query), cands, fq.model)
         stats.update(candidate_flips=pruning.rows, parameters=pruning.parameters,
                      pruned_invariant=pruning.pruned_invariant, pruned_tolerance=pruning.pruned_tolerance,
+                     pruned_symbolic=pruning.pruned_symbolic,
                      remaining_flips=len(pruning.remaining), remaining_parameters=pruning.remaining.parameters)
         if len(pruning.remaining) == 0:
             return FaultOutcome(Verdict.PROVED, f"{self.name}:pruning", time.perf_counter() - start, stats=stats)

@@ -368,7 +368,33 @@ class BoundStmt:
     pos: Pos
 
 
-Statement = OptionsStmt | NetworkStmt | LetStmt | RegionStmt | ProveStmt | BoundStmt
+@dataclass(frozen=True)
+class SampleRange:
+    """sample "FILE" [key "ARRAY"] index A..B: rows A to B of a sample file, both included."""
+
+    path: String
+    key: String | None
+    first: Number
+    last: Number
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class AuditStmt:
+    """audit robust(NET, radius=R) over SAMPLES under bitflips(...): run by `bitqnn audit`.
+
+    `text` is the statement as written (comments dropped, spaces collapsed), for reports."""
+
+    network: Ident
+    radius: Quantity
+    samples: SampleRange
+    under: Under
+    options: tuple[Option, ...]
+    text: str
+    pos: Pos
+
+
+Statement = OptionsStmt | NetworkStmt | LetStmt | RegionStmt | ProveStmt | BoundStmt | AuditStmt
 
 
 @dataclass(frozen=True)

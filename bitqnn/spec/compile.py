@@ -5,6 +5,7 @@ Statements are compiled in order, so a name must be defined before it is used; t
 Each `prove` becomes one Obligation: a Query (network, integer input box, violation in
 DNF) plus the engine options that apply to it; `prove ... under bitflips(...)` wraps that
 Query, unchanged, in a FaultQuery with the fault model (compiled in spec/faults.py).
+Each `audit` becomes an Audit: one such FaultQuery per sample, for `bitqnn audit`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Collection
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +21,7 @@ import numpy as np
 
 from bitqnn.error_query import ErrorQuery
 from bitqnn.error_verify import ERROR_ENGINES
+from bitqnn.fault_verify import FAULT_ENGINES
 from bitqnn.faults import FaultQuery
 from bitqnn.floatnet import FloatNetwork
 from bitqnn.pairing import PairingError, pair_layers
@@ -28,7 +31,7 @@ from bitqnn.query import Query, Violation
 from bitqnn.spec import ast
 from bitqnn.spec.errors import SpecError
 from bitqnn.spec.faults import fault_model
-from bitqnn.spec.files import read_sample
+from bitqnn.spec.files import read_sample, read_samples, sample_index
 from bitqnn.spec.linear import linear_violation
 from bitqnn.spec.networks import load_onnx, quantize
 from bitqnn.spec.options import POSITIVE, WORD, OptionKind, choice, read_options
@@ -57,17 +60,50 @@ class Obligation:
     options: dict
 
 
+@dataclass(frozen=True, eq=False)
+class Audit:
+    """One `audit` statement, ready for `bitqnn audit`.
+
+    `queries[i]` asks whether sample `samples[i]` keeps the network's own decision on it under
+    the fault model at its largest budget K; the runner asks it again for every k = 1..K, so
+    the statement is compiled and checked once. `options` holds timeout and engine.
+    """
+
+    text: str
+    pos: ast.Pos
+    samples: tuple[int, ...]
+    queries: tuple[FaultQuery, ...]
+    options: dict
+
+
+@dataclass(frozen=True, eq=False)
+class Compiled:
+    """A whole spec: `prove`/`bound` obligations for `bitqnn prove`, audits for `bitqnn audit`."""
+
+    obligations: list[Obligation]
+    audits: list[Audit]
+
+
 def compile_spec(path: str | Path, *, engines: Collection[str] | None = None) -> list[Obligation]:
+    """Compile a spec file's obligations; its audits are checked too (see `compile_file`)."""
+    return compile_file(path, engines=engines).obligations
+
+
+def compile_file(path: str | Path, *, engines: Collection[str] | None = None) -> Compiled:
     """Compile a spec file; `engines`, when given, is the set of valid engine names."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise SpecError(f"cannot read the spec: {err}", ast.Pos(str(path), 0, 0)) from err
-    return compile_text(text, str(path), engines=engines)
+    return _compile_source(text, str(path), engines)
 
 
 def compile_text(text: str, filename: str, *, engines: Collection[str] | None = None) -> list[Obligation]:
     """Compile spec text as if it were the file `filename` (paths resolve next to it)."""
+    return _compile_source(text, filename, engines).obligations
+
+
+def _compile_source(text: str, filename: str, engines: Collection[str] | None) -> Compiled:
     spec = parse_spec(text, filename)
     try:
         return _Compiler(spec, Path(filename).parent, engines).run()
@@ -117,11 +153,11 @@ class _Compiler:
             "tiebreak": choice("strict", "lowest_index"),
         }
 
-    def run(self) -> list[Obligation]:
+    def run(self) -> Compiled:
         statements = self.spec.statements
         spec_options = [o for s in statements if isinstance(s, ast.OptionsStmt) for o in s.options]
         defaults = {**DEFAULT_OPTIONS, **read_options(spec_options, self.schema, "options")}
-        obligations = []
+        obligations, audits = [], []
         for statement in statements:
             if isinstance(statement, ast.NetworkStmt):
                 self.scope.define(statement.name, "network", self._network(statement.source))
@@ -138,7 +174,9 @@ class _Compiler:
                 obligations.append(self._prove(statement, defaults))
             elif isinstance(statement, ast.BoundStmt):
                 obligations.append(self._error(statement.term, None, statement, "bound", defaults))
-        return obligations
+            elif isinstance(statement, ast.AuditStmt):
+                audits.append(self._audit(statement, defaults))
+        return Compiled(obligations, audits)
 
     def _network(self, source: ast.Onnx | ast.Quantize) -> QNN | FloatNetwork:
         if isinstance(source, ast.Onnx):
@@ -157,12 +195,16 @@ class _Compiler:
             return self.scope.get(region, "region")
         return resolve(region, None if region.center is None else self._point(region.center))
 
+    def _quantized(self, name: ast.Ident, statement: str) -> QNN:
+        network = self.scope.get(name, "network")
+        if not isinstance(network, QNN):
+            raise SpecError(f"'{name.name}' is a float network; {statement} needs a quantized one "
+                            f"(network p = quantize {name.name} with fixed(...))", name.pos)
+        return network
+
     def _prove(self, statement: ast.ProveStmt, defaults: dict[str, object]) -> Obligation:
         prop = statement.prop
-        network = self.scope.get(prop.network, "network")
-        if not isinstance(network, QNN):
-            raise SpecError(f"'{prop.network.name}' is a float network; prove needs a quantized one "
-                            f"(network p = quantize {prop.network.name} with fixed(...))", prop.network.pos)
+        network = self._quantized(prop.network, "prove")
         region = self._region(prop.region)
         box = region.box(network, prop.network.name, statement.pos)
         own = read_options(statement.options, self.schema, "prove")
@@ -210,6 +252,35 @@ class _Compiler:
         label = f"{text} @ {statement.pos.file}:{statement.pos.line}"
         query = ErrorQuery(float_net, qnn, box, float(eps.value) if eps is not None else float("inf"), outputs, label)
         return Obligation(text, statement.pos, kind, query, options)
+
+    def _audit(self, statement: ast.AuditStmt, defaults: dict[str, object]) -> Audit:
+        """Per sample, the query `prove robust(NET, linf(sample, R)) under bitflips(...)` would make."""
+        name, rows = statement.network, statement.samples
+        network = self._quantized(name, "audit")
+        samples = read_samples(rows.path, rows.key, self.base_dir)
+        first, last = (sample_index(number, len(samples), rows.path) for number in (rows.first, rows.last))
+        if first > last:
+            raise SpecError(f"the index range {first}..{last} holds no sample; write A..B with A <= B", rows.last.pos)
+        own = read_options(statement.options, {**self.schema, "engine": choice(*FAULT_ENGINES)}, "audit")
+        options = {**defaults, **own}
+        if options["engine"] not in FAULT_ENGINES:
+            raise SpecError(f"engine {options['engine']} does not analyse bit flips; give this statement "
+                            f"`with engine=E` for E in {', '.join(FAULT_ENGINES)}", statement.pos)
+        model = fault_model(statement.under, name, network)
+        engine_options = {option: options[option] for option in ENGINE_OPTIONS}
+        queries = []
+        for index in range(first, last + 1):
+            center = ast.Sample(rows.path, rows.key, ast.Number(Fraction(index), rows.pos), rows.pos)
+            prop = ast.Robust(name, ast.Linf(center, statement.radius, statement.pos), None, statement.pos)
+            region = resolve(prop.region, samples[index])
+            box = region.box(network, name.name, statement.pos)
+            try:
+                _, violation = self._violation(prop, network, region, options["tiebreak"])
+            except SpecError as err:
+                raise SpecError(f"sample {index}: {err.message}", err.pos) from None
+            label = f"robust({name.name}) on sample {index} @ {statement.pos.file}:{statement.pos.line}"
+            queries.append(FaultQuery(Query(network, box, violation, label, engine_options), model, engine_options))
+        return Audit(statement.text, statement.pos, tuple(range(first, last + 1)), tuple(queries), engine_options)
 
     def _violation(self, prop: ast.Property, network: QNN, region: Region, tiebreak: str) -> tuple[Kind, Violation]:
         name = prop.network.name

@@ -91,11 +91,15 @@ _PATTERN_TERMINALS = {
 _END = "$END"
 _TOKEN_FORMATS = {"NAME": "name '{}'", "NUMBER": "number {}", "STRING": "string {}", _END: "end of file"}
 _STATEMENT_KEYWORDS = ("options", "network", "let", "region", "prove", "bound")
-# optional clauses that are named in an expectation only when nothing else would do: after
-# every property 'under' may follow, and listing it there would only lengthen each message
-# (a misspelt one gets a hint instead)
-_QUIET_KEYWORDS = ("under",)
-_UNDER_HINT = "a fault model follows 'under', as in: under bitflips(k=1, params=q.weights)"
+# keywords that are named in an expectation only when nothing else would do: after every
+# property 'under' may follow, and before every statement 'audit' (run by `bitqnn audit`, not
+# `prove`) may stand; listing them there would only lengthen each message. A misspelt one gets
+# its hint instead.
+_QUIET_HINTS = {
+    "under": "a fault model follows 'under', as in: under bitflips(k=1, params=q.weights)",
+    "audit": 'an audit reads: audit robust(q, radius=R) over sample "FILE" index A..B under bitflips(...)',
+}
+_QUIET_KEYWORDS = tuple(_QUIET_HINTS)
 
 # (unexpected token values or types, something that was expected, hint)
 _HINTS: tuple[tuple[frozenset[str], str, str], ...] = (
@@ -155,8 +159,10 @@ def _hint(token_type: str, value: str, expected: Collection[str]) -> str | None:
     for unexpected, wanted, hint in _HINTS:
         if (token_type in unexpected or value in unexpected) and wanted in expected_words:
             return hint
-    if token_type == "NAME" and "under" in expected_words and difflib.get_close_matches(value, ["under"]):
-        return _UNDER_HINT
+    if token_type == "NAME":
+        for keyword, hint in _QUIET_HINTS.items():
+            if keyword in expected_words and difflib.get_close_matches(value, [keyword]):
+                return hint
     return None
 
 

@@ -38,8 +38,13 @@ def read_sample(sample: ast.Sample, base_dir: Path) -> np.ndarray:
         if count != 1:
             raise SpecError(f"{sample.path.text} holds {count} samples; pick one with 'index N'", sample.pos)
         return samples[0]
-    index = sample.index.value
+    return samples[sample_index(sample.index, count, sample.path)]
+
+
+def sample_index(number: ast.Number, count: int, path: ast.String) -> int:
+    """A row index written in the spec, checked against the `count` rows of the file `path`."""
+    index = number.value
     if index.denominator != 1 or not 0 <= index < count:
-        raise SpecError(f"{sample.path.text} holds {count} samples, so index must be a whole number "
-                        f"from 0 to {count - 1}", sample.index.pos)
-    return samples[int(index)]
+        raise SpecError(f"{path.text} holds {count} samples, so index must be a whole number "
+                        f"from 0 to {count - 1}", number.pos)
+    return int(index)

@@ -153,6 +153,22 @@ class _ToAst(Transformer):
         return ast.BoundStmt(term, tuple(o for o in options if o is not None), " ".join(written.split()),
                              self._pos(meta))
 
+    # ---- audits ----
+
+    def audit_stmt(self, meta: Meta, children: list) -> ast.AuditStmt:
+        (network, radius), samples, under, *options = children
+        written = strip_comments(self._source[meta.start_pos:meta.end_pos])
+        return ast.AuditStmt(network, radius, samples, under, tuple(o for o in options if o is not None),
+                             " ".join(written.split()), self._pos(meta))
+
+    def audit_robust(self, meta: Meta, children: list) -> tuple[ast.Ident, ast.Quantity]:
+        network, radius = children
+        return network, radius
+
+    def sample_range(self, meta: Meta, children: list) -> ast.SampleRange:
+        path, key, first, last = children
+        return ast.SampleRange(path, key, first, last, self._pos(meta))
+
     # ---- fault models ----
 
     def under(self, meta: Meta, children: list) -> ast.Under:

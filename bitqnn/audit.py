@@ -1,0 +1,348 @@
+"""`bitqnn audit`: bit-flip resilience of a QNN over a range of samples, for k = 1..K.
+
+An `audit` statement compiles to one FaultQuery per sample at the largest budget K
+(`spec.compile.Audit`); here each (sample, k) pair becomes one query, asked on local
+processes in parallel. Every answer is appended to a JSON-lines store as soon as it
+arrives, keyed by a fingerprint of everything the answer depends on (the network's
+parameters, the input box, the label, the fault model at that k, the engine and the
+timeout). A rerun therefore asks only what is missing: an interrupted audit resumes, a
+finished one reruns without solving, and a changed spec never reuses a stale answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import re
+import statistics
+import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, fields, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import TextIO
+
+from bitqnn.fault_verify import make_fault_engine, verify_fault
+from bitqnn.faults import FaultQuery
+from bitqnn.outcome import Verdict
+from bitqnn.qnn import QNN
+from bitqnn.spec.compile import Audit
+
+# what a verdict means for one sample under one budget k
+WORDS = {Verdict.PROVED.value: "resilient", Verdict.FALSIFIED.value: "vulnerable", Verdict.UNKNOWN.value: "unknown"}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One answered (sample, k) query as stored: `audit` is the statement's file:line, and
+    `flips` the flipped bits of a counterexample (empty when the sample is not robust even
+    without flips, or when there is no counterexample)."""
+
+    key: str
+    audit: str
+    sample: int
+    k: int
+    verdict: str
+    seconds: float
+    engine: str
+    reason: str
+    flips: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One (sample, k) query to answer: `audit` and `position` say where its FaultQuery is."""
+
+    audit: int
+    position: int
+    sample: int
+    k: int
+    engine: str
+    timeout: float
+    key: str
+    where: str
+
+
+@dataclass(frozen=True, eq=False)
+class AuditRun:
+    """An audit statement with an answer for every (sample, k)."""
+
+    audit: Audit
+    where: str
+    rows: dict[tuple[int, int], Row]
+
+    @property
+    def budget(self) -> int:
+        return self.audit.queries[0].model.k
+
+    @property
+    def verdicts(self) -> set[Verdict]:
+        return {Verdict(row.verdict) for row in self.rows.values()}
+
+
+# ---- flipped bits, as `Flip.describe` writes them ----
+
+_FLIP = re.compile(r"layers\[(\d+)\]\.(weights|biases)(\[[\d, ]+\]) bit (\d+):")
+
+
+@dataclass(frozen=True)
+class FlipRef:
+    """One flipped bit of a counterexample: weighted layer, weights or biases, index, bit."""
+
+    layer: int
+    kind: str
+    index: str
+    bit: int
+
+    @property
+    def parameter(self) -> str:
+        return f"layers[{self.layer}].{self.kind}{self.index}"
+
+
+def parse_flip(text: str) -> FlipRef:
+    """Read back `Result.flips` text such as 'layers[1].weights[15, 6] bit 7: stored -9 -> 119'."""
+    match = _FLIP.match(text)
+    if match is None:
+        raise ValueError(f"not a flipped bit: {text!r}")
+    layer, kind, index, bit = match.groups()
+    return FlipRef(int(layer), kind, index, int(bit))
+
+
+# ---- fingerprints and the store ----
+
+
+def network_digest(qnn: QNN) -> str:
+    """The network's parameters and semantics, not where it was loaded from: a model file
+    with new contents, or a new quantization setting, gives a new digest."""
+    return hashlib.sha256(pickle.dumps(replace(qnn, _cache={}, onnx_path=None))).hexdigest()
+
+
+def row_key(fq: FaultQuery, network: str, sample: int, k: int, engine: str, timeout: float) -> str:
+    """Everything an answer depends on; the label and line of the statement are left out."""
+    digest = hashlib.sha256()
+    query = fq.query
+    for part in (network, sample, k, repr(replace(fq.model, k=k)), repr(query.violation), engine, float(timeout)):
+        digest.update(repr(part).encode() + b"\0")
+    digest.update(query.region.lo.tobytes() + b"\0" + query.region.hi.tobytes())
+    return digest.hexdigest()[:32]
+
+
+def load_rows(path: Path) -> dict[str, Row]:
+    """Stored rows by key; a line cut short by an interruption is skipped (asked again)."""
+    rows: dict[str, Row] = {}
+    if not path.exists():
+        return rows
+    names = {f.name for f in fields(Row)}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(data, dict) and set(data) == names:
+            rows[data["key"]] = Row(**{**data, "flips": tuple(data["flips"])})
+    return rows
+
+
+class Store:
+    """Appends each row as one JSON line and flushes it, so that an interruption loses at
+    most the queries still running."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        complete = not path.exists() or path.stat().st_size == 0 or path.read_bytes().endswith(b"\n")
+        self._file = path.open("a", encoding="utf-8")
+        if not complete:
+            self._file.write("\n")  # end the cut line, so the next row starts a line of its own
+
+    def add(self, row: Row) -> None:
+        self._file.write(json.dumps(asdict(row)) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+# ---- answering queries, here or in worker processes ----
+
+
+class _Solver:
+    """Answers tasks from the audits' queries, making each engine once per process."""
+
+    def __init__(self, queries: list[tuple[FaultQuery, ...]]) -> None:
+        self.queries = queries
+        self.engines: dict[str, object] = {}
+
+    def __call__(self, task: Task) -> Row:
+        fq = self.queries[task.audit][task.position]
+        if task.engine not in self.engines:
+            self.engines[task.engine] = make_fault_engine(task.engine)
+        result = verify_fault(replace(fq, model=replace(fq.model, k=task.k)), self.engines[task.engine], task.timeout)
+        return Row(task.key, task.where, task.sample, task.k, result.verdict.value, result.seconds, result.engine,
+                   result.reason, tuple(result.flips or ()))
+
+
+_worker: _Solver | None = None
+
+
+def _start_worker(queries: list[tuple[FaultQuery, ...]]) -> None:
+    """Runs once in each worker process: the queries travel once per worker, not per task."""
+    global _worker
+    _worker = _Solver(queries)
+
+
+def _solve_in_worker(task: Task) -> Row:
+    assert _worker is not None
+    return _worker(task)
+
+
+def solve(tasks: list[Task], queries: list[tuple[FaultQuery, ...]], jobs: int) -> Iterator[tuple[Task, Row]]:
+    """Each task with its row, in the order they finish. Worker processes are spawned, not
+    forked, so that no thread state of this process (solvers, onnxruntime) is copied into them."""
+    if jobs <= 1 or len(tasks) <= 1:
+        solver = _Solver(queries)
+        yield from ((task, solver(task)) for task in tasks)
+        return
+    with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=get_context("spawn"), initializer=_start_worker,
+                             initargs=(queries,)) as pool:
+        futures = {pool.submit(_solve_in_worker, task): task for task in tasks}
+        try:
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        finally:
+            for future in futures:
+                future.cancel()
+
+
+class Progress:
+    """A text bar on stderr: redrawn in place on a terminal, a line per tenth in a log."""
+
+    WIDTH = 30
+
+    def __init__(self, total: int, stored: int, stream: TextIO = sys.stderr) -> None:
+        self.total, self.stored, self.done, self.stream = total, stored, stored, stream
+        self.live = stream.isatty()
+        self._shown_tenth = -1
+        self._draw()
+
+    def advance(self) -> None:
+        self.done += 1
+        self._draw()
+
+    def _draw(self) -> None:
+        filled = self.WIDTH * self.done // max(self.total, 1)
+        line = (f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {self.done}/{self.total} (sample, k) queries, "
+                f"{self.stored} from the store")
+        tenth = 10 * self.done // max(self.total, 1)
+        if self.live:
+            print(f"\r{line}", end="\n" if self.done == self.total else "", file=self.stream, flush=True)
+        elif tenth != self._shown_tenth:
+            print(line, file=self.stream, flush=True)
+        self._shown_tenth = tenth
+
+
+# ---- the audit ----
+
+
+def default_jobs() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def plan(audits: list[Audit], stored: dict[str, Row], timeout: float | None) -> tuple[list[Task], list[AuditRun]]:
+    """The tasks still to answer, and each audit with the rows already stored."""
+    tasks, runs = [], []
+    for number, audit in enumerate(audits):
+        where = f"{audit.pos.file}:{audit.pos.line}"
+        engine, seconds = audit.options["engine"], float(timeout or audit.options["timeout"])
+        run = AuditRun(audit, where, {})
+        network = network_digest(audit.queries[0].network)
+        for k in range(1, audit.queries[0].model.k + 1):
+            for position, (sample, fq) in enumerate(zip(audit.samples, audit.queries, strict=True)):
+                key = row_key(fq, network, sample, k, engine, seconds)
+                if key in stored:
+                    run.rows[sample, k] = stored[key]
+                else:
+                    tasks.append(Task(number, position, sample, k, engine, seconds, key, where))
+        runs.append(run)
+    return tasks, runs
+
+
+def run_audits(audits: list[Audit], store: Path, html: Path, jobs: int, timeout: float | None = None) -> list[AuditRun]:
+    """Answer what the store lacks, print the summary on stdout and write the HTML report."""
+    from bitqnn.audit_report import write_report  # it imports this module, and matplotlib
+
+    tasks, runs = plan(audits, load_rows(store), timeout)
+    total = sum(len(run.audit.samples) * run.budget for run in runs)
+    progress = Progress(total, total - len(tasks))
+    writer = Store(store)
+    try:
+        for task, row in solve(tasks, [audit.queries for audit in audits], jobs):
+            writer.add(row)
+            runs[task.audit].rows[row.sample, row.k] = row
+            progress.advance()
+    finally:
+        writer.close()
+    for run in runs:
+        print(summary(run))
+    write_report(runs, html)
+    print(f"store: {store} ({total} rows used, {len(tasks)} new); report: {html}", file=sys.stderr)
+    return runs
+
+
+# ---- the summary ----
+
+
+@dataclass(frozen=True)
+class BudgetLine:
+    """One budget k over all samples: how many are resilient, vulnerable, unknown, and times."""
+
+    k: int
+    counts: Counter
+    median: float
+    longest: float
+
+
+def by_budget(run: AuditRun) -> list[BudgetLine]:
+    lines = []
+    for k in range(1, run.budget + 1):
+        rows = [run.rows[sample, k] for sample in run.audit.samples]
+        seconds = [row.seconds for row in rows]
+        counts = Counter(WORDS[row.verdict] for row in rows)
+        lines.append(BudgetLine(k, counts, statistics.median(seconds), max(seconds)))
+    return lines
+
+
+def vulnerable_parameters(rows: Iterable[Row]) -> list[tuple[str, int, list[int]]]:
+    """(parameter, counterexamples that flip it, its flipped bit positions), most often flipped first."""
+    counts: Counter = Counter()
+    bits: dict[str, set[int]] = {}
+    for row in rows:
+        flips = [parse_flip(text) for text in row.flips]
+        for parameter in {flip.parameter for flip in flips}:
+            counts[parameter] += 1
+        for flip in flips:
+            bits.setdefault(flip.parameter, set()).add(flip.bit)
+    return [(parameter, count, sorted(bits[parameter])) for parameter, count in counts.most_common()]
+
+
+def summary(run: AuditRun, top: int = 5) -> str:
+    """The terminal table: per k, the verdict counts and times; then the weakest parameters."""
+    header = ("k", "samples", "resilient", "vulnerable", "unknown", "median time", "max time")
+    table = [header] + [(str(line.k), str(sum(line.counts.values())), str(line.counts["resilient"]),
+                         str(line.counts["vulnerable"]), str(line.counts["unknown"]), f"{line.median:.2f}s",
+                         f"{line.longest:.2f}s") for line in by_budget(run)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = [f"{run.audit.text} @ {run.where}"]
+    lines += ["  " + "  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in table]
+    weakest = vulnerable_parameters(run.rows.values())[:top]
+    if weakest:
+        lines.append("most vulnerable parameters (counterexamples that flip them; bits flipped):")
+        lines += [f"  {parameter}  {count}; bits {', '.join(map(str, bits))}" for parameter, count, bits in weakest]
+    clean = sorted({row.sample for row in run.rows.values() if row.verdict == Verdict.FALSIFIED.value
+                    and not row.flips})
+    if clean:
+        lines.append(f"not robust without any flip: sample{'s' if len(clean) > 1 else ''} {', '.join(map(str, clean))}")
+    return "\n".join(lines)
