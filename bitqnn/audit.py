@@ -16,13 +16,14 @@ import json
 import os
 import pickle
 import re
+import signal
 import statistics
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, fields, replace
 from multiprocessing import get_context
+from multiprocessing.pool import Pool
 from pathlib import Path
 from typing import TextIO
 
@@ -32,6 +33,7 @@ from bitqnn.outcome import Verdict
 from bitqnn.qnn import QNN
 from bitqnn.spec.compile import Audit
 
+INFERRED = "inferred"  # the engine of a row answered from the row for k - 1, without solving
 # what a verdict means for one sample under one budget k
 WORDS = {Verdict.PROVED.value: "resilient", Verdict.FALSIFIED.value: "vulnerable", Verdict.UNKNOWN.value: "unknown"}
 
@@ -153,9 +155,13 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        complete = not path.exists() or path.stat().st_size == 0 or path.read_bytes().endswith(b"\n")
+        cut = False
+        if path.exists() and path.stat().st_size:
+            with path.open("rb") as existing:
+                existing.seek(-1, os.SEEK_END)
+                cut = existing.read(1) != b"\n"
         self._file = path.open("a", encoding="utf-8")
-        if not complete:
+        if cut:
             self._file.write("\n")  # end the cut line, so the next row starts a line of its own
 
     def add(self, row: Row) -> None:
@@ -189,32 +195,55 @@ _worker: _Solver | None = None
 
 
 def _start_worker(queries: list[tuple[FaultQuery, ...]]) -> None:
-    """Runs once in each worker process: the queries travel once per worker, not per task."""
+    """Runs once in each worker process: the queries travel once per worker, not per task.
+    Ctrl-C is left to the parent, which then terminates the workers mid-query."""
     global _worker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker = _Solver(queries)
 
 
-def _solve_in_worker(task: Task) -> Row:
+def _solve_in_worker(task: Task) -> tuple[Task, Row]:
     assert _worker is not None
-    return _worker(task)
+    return task, _worker(task)
 
 
-def solve(tasks: list[Task], queries: list[tuple[FaultQuery, ...]], jobs: int) -> Iterator[tuple[Task, Row]]:
-    """Each task with its row, in the order they finish. Worker processes are spawned, not
-    forked, so that no thread state of this process (solvers, onnxruntime) is copied into them."""
-    if jobs <= 1 or len(tasks) <= 1:
-        solver = _Solver(queries)
-        yield from ((task, solver(task)) for task in tasks)
-        return
-    with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=get_context("spawn"), initializer=_start_worker,
-                             initargs=(queries,)) as pool:
-        futures = {pool.submit(_solve_in_worker, task): task for task in tasks}
-        try:
-            for future in as_completed(futures):
-                yield futures[future], future.result()
-        finally:
-            for future in futures:
-                future.cancel()
+class Workers:
+    """Answers tasks here (one job) or in a pool of worker processes kept for the whole audit.
+
+    Workers are spawned, not forked, so that no thread state of this process (solvers,
+    onnxruntime) is copied into them. A multiprocessing Pool rather than a
+    ProcessPoolExecutor, because it can terminate its workers: an interrupted audit stops
+    at once instead of waiting for the queries under way, which it would ask again anyway."""
+
+    def __init__(self, queries: list[tuple[FaultQuery, ...]], processes: int) -> None:
+        self.queries, self.processes = queries, processes
+        self._local: _Solver | None = None
+        self._pool: Pool | None = None
+
+    def answer(self, tasks: list[Task]) -> Iterator[tuple[Task, Row]]:
+        """Each task with its row, in the order they finish."""
+        if self.processes <= 1:
+            self._local = self._local or _Solver(self.queries)
+            yield from ((task, self._local(task)) for task in tasks)
+        elif tasks:
+            if self._pool is None:
+                self._pool = get_context("spawn").Pool(self.processes, _start_worker, (self.queries,))
+            yield from self._pool.imap_unordered(_solve_in_worker, tasks)
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+
+
+def inferred(task: Task, before: Row) -> Row:
+    """A sample vulnerable to at most k - 1 flips is vulnerable to at most k, by the same
+    counterexample: the answer for k needs no solver (and cannot come out unknown)."""
+    reason = before.reason if before.engine == INFERRED else f"the counterexample found for k={before.k}"
+    return Row(task.key, task.where, task.sample, task.k, Verdict.FALSIFIED.value, 0.0, INFERRED, reason,
+               before.flips)
 
 
 class Progress:
@@ -222,9 +251,10 @@ class Progress:
 
     WIDTH = 30
 
-    def __init__(self, total: int, stored: int, stream: TextIO = sys.stderr) -> None:
-        self.total, self.stored, self.done, self.stream = total, stored, stored, stream
-        self.live = stream.isatty()
+    def __init__(self, total: int, stored: int) -> None:
+        self.total, self.stored, self.done = total, stored, stored
+        self.stream: TextIO = sys.stderr  # looked up now, so that a redirected stderr is honoured
+        self.live = self.stream.isatty()
         self._shown_tenth = -1
         self._draw()
 
@@ -248,6 +278,7 @@ class Progress:
 
 
 def default_jobs() -> int:
+    """The cores this process may run on (fewer than the machine's under a CPU affinity mask)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -259,7 +290,7 @@ def plan(audits: list[Audit], stored: dict[str, Row], timeout: float | None) -> 
         engine, seconds = audit.options["engine"], float(timeout or audit.options["timeout"])
         run = AuditRun(audit, where, {})
         network = network_digest(audit.queries[0].network)
-        for k in range(1, audit.queries[0].model.k + 1):
+        for k in range(1, run.budget + 1):
             for position, (sample, fq) in enumerate(zip(audit.samples, audit.queries, strict=True)):
                 key = row_key(fq, network, sample, k, engine, seconds)
                 if key in stored:
@@ -278,11 +309,24 @@ def run_audits(audits: list[Audit], store: Path, html: Path, jobs: int, timeout:
     total = sum(len(run.audit.samples) * run.budget for run in runs)
     progress = Progress(total, total - len(tasks))
     writer = Store(store)
+
+    def finish(task: Task, row: Row) -> None:
+        writer.add(row)
+        runs[task.audit].rows[row.sample, row.k] = row
+        progress.advance()
+
     try:
-        for task, row in solve(tasks, [audit.queries for audit in audits], jobs):
-            writer.add(row)
-            runs[task.audit].rows[row.sample, row.k] = row
-            progress.advance()
+        with Workers([audit.queries for audit in audits], min(jobs, len(tasks))) as workers:
+            for k in range(1, max(run.budget for run in runs) + 1):  # budget by budget, to infer from k - 1
+                todo = []
+                for task in (task for task in tasks if task.k == k):
+                    before = runs[task.audit].rows.get((task.sample, k - 1))
+                    if before is not None and before.verdict == Verdict.FALSIFIED.value:
+                        finish(task, inferred(task, before))
+                    else:
+                        todo.append(task)
+                for task, row in workers.answer(todo):
+                    finish(task, row)
     finally:
         writer.close()
     for run in runs:
@@ -297,30 +341,40 @@ def run_audits(audits: list[Audit], store: Path, html: Path, jobs: int, timeout:
 
 @dataclass(frozen=True)
 class BudgetLine:
-    """One budget k over all samples: how many are resilient, vulnerable, unknown, and times."""
+    """One budget k over all samples: how many are resilient, vulnerable and unknown, and the
+    times of the queries solved for it (an inferred row took none, and is no query)."""
 
     k: int
     counts: Counter
-    median: float
-    longest: float
+    seconds: tuple[float, ...]
+
+    def times(self) -> tuple[str, str]:
+        """The median and the longest time as printed; '-' when every row was inferred."""
+        if not self.seconds:
+            return "-", "-"
+        return f"{statistics.median(self.seconds):.2f}s", f"{max(self.seconds):.2f}s"
 
 
 def by_budget(run: AuditRun) -> list[BudgetLine]:
     lines = []
     for k in range(1, run.budget + 1):
         rows = [run.rows[sample, k] for sample in run.audit.samples]
-        seconds = [row.seconds for row in rows]
-        counts = Counter(WORDS[row.verdict] for row in rows)
-        lines.append(BudgetLine(k, counts, statistics.median(seconds), max(seconds)))
+        seconds = tuple(row.seconds for row in rows if row.engine != INFERRED)
+        lines.append(BudgetLine(k, Counter(WORDS[row.verdict] for row in rows), seconds))
     return lines
+
+
+def found(rows: Iterable[Row]) -> list[list[FlipRef]]:
+    """The flips of each counterexample found by an engine; an inferred row repeats one of
+    them, so counting it again would weigh a sample by how many budgets follow its first."""
+    return [[parse_flip(text) for text in row.flips] for row in rows if row.flips and row.engine != INFERRED]
 
 
 def vulnerable_parameters(rows: Iterable[Row]) -> list[tuple[str, int, list[int]]]:
     """(parameter, counterexamples that flip it, its flipped bit positions), most often flipped first."""
     counts: Counter = Counter()
     bits: dict[str, set[int]] = {}
-    for row in rows:
-        flips = [parse_flip(text) for text in row.flips]
+    for flips in found(rows):
         for parameter in {flip.parameter for flip in flips}:
             counts[parameter] += 1
         for flip in flips:
@@ -332,8 +386,8 @@ def summary(run: AuditRun, top: int = 5) -> str:
     """The terminal table: per k, the verdict counts and times; then the weakest parameters."""
     header = ("k", "samples", "resilient", "vulnerable", "unknown", "median time", "max time")
     table = [header] + [(str(line.k), str(sum(line.counts.values())), str(line.counts["resilient"]),
-                         str(line.counts["vulnerable"]), str(line.counts["unknown"]), f"{line.median:.2f}s",
-                         f"{line.longest:.2f}s") for line in by_budget(run)]
+                         str(line.counts["vulnerable"]), str(line.counts["unknown"]), *line.times())
+                        for line in by_budget(run)]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = [f"{run.audit.text} @ {run.where}"]
     lines += ["  " + "  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in table]

@@ -18,13 +18,13 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from bitqnn.audit import WORDS, AuditRun, by_budget, parse_flip, vulnerable_parameters
+from bitqnn.audit import WORDS, AuditRun, by_budget, found, vulnerable_parameters
 from bitqnn.faults import weighted_layers
 
 STYLE = """body { font-family: sans-serif; margin: 2em; color: #222 }
 table { border-collapse: collapse; margin: 1em 0 }
 th, td { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: left; vertical-align: top }
-td.number { text-align: right }
+td.number { text-align: right; white-space: nowrap } td.engine { white-space: nowrap }
 tr.resilient td.verdict { color: #1a7f37 } tr.vulnerable td.verdict { color: #c62828 }
 tr.unknown td.verdict { color: #777 }
 figure { display: inline-block; margin: 0 1em 1em 0 }"""
@@ -64,7 +64,7 @@ def _table(header: tuple[str, ...], rows: list[str]) -> str:
 def _budget_table(run: AuditRun) -> str:
     rows = [f'<tr><td class="number">{line.k}</td>'
             + "".join(f'<td class="number">{line.counts[word]}</td>' for word in ("resilient", "vulnerable", "unknown"))
-            + f'<td class="number">{line.median:.2f} s</td><td class="number">{line.longest:.2f} s</td></tr>'
+            + "".join(f'<td class="number">{time}</td>' for time in line.times()) + "</tr>"
             for line in by_budget(run)]
     return _table(("k", "resilient", "vulnerable", "unknown", "median time", "max time"), rows)
 
@@ -89,9 +89,10 @@ def _rows_table(run: AuditRun) -> str:
                 detail = "not robust even without a flip"
             rows.append(f'<tr class="{word}" data-sample="{sample}" data-k="{k}"><td class="number">{sample}</td>'
                         f'<td class="number">{k}</td><td class="verdict">{word}</td>'
-                        f'<td class="number">{row.seconds:.2f} s</td><td>{escape(row.engine)}</td>'
+                        f'<td class="number">{row.seconds:.2f}s</td><td class="engine">{escape(row.engine)}</td>'
                         f"<td>{escape(detail)}</td></tr>")
-    return "<h3>Every sample and k</h3>" + _table(("sample", "k", "verdict", "time", "engine", "flipped bits"), rows)
+    header = ("sample", "k", "verdict", "time", "engine", "flipped bits, or why unknown")
+    return "<h3>Every sample and k</h3>" + _table(header, rows)
 
 
 # ---- plots ----
@@ -134,8 +135,8 @@ def heat_map(run: AuditRun) -> tuple[list[str], np.ndarray]:
     counts = np.full((len(selected), 1 + max(max(bits) for bits in positions)), np.nan)
     for number, bits in enumerate(positions):
         counts[number, list(bits)] = 0
-    for row in run.rows.values():
-        for layer, kind, bit in {(f.layer, f.kind, f.bit) for f in map(parse_flip, row.flips)}:
+    for flips in found(run.rows.values()):
+        for layer, kind, bit in {(flip.layer, flip.kind, flip.bit) for flip in flips}:
             counts[selected.index((layer, kind)), bit] += 1
     return [f"layers[{layer}].{kind}" for layer, kind in selected], counts
 
@@ -153,7 +154,8 @@ def _heat_map(run: AuditRun) -> Figure:
             ax.text(bit, row, f"{value:.0f}", ha="center", va="center", fontsize=8,
                     color="white" if value > top / 2 else "black")
     ax.set(xticks=range(bits), yticks=range(len(names)), yticklabels=names,
-           xlabel="bit position (0 = least significant; grey: not in the fault model)",
+           xlabel="bit position (0 = least significant" + ("; grey: not in the fault model)"
+                                                          if np.isnan(counts).any() else ")"),
            title="counterexamples flipping each bit")
     ax.tick_params(axis="x", labelsize=7)
     figure.colorbar(image, ax=ax, label="counterexamples")
@@ -163,8 +165,8 @@ def _heat_map(run: AuditRun) -> Figure:
 def _times(run: AuditRun) -> Figure:
     figure = Figure(figsize=(4.5, 3.2))
     ax = figure.subplots()
-    per_k = [[run.rows[sample, k].seconds for sample in run.audit.samples] for k in range(1, run.budget + 1)]
-    ax.hist(per_k, bins=20, stacked=True, label=[f"k={k}" for k in range(1, run.budget + 1)])
-    ax.set(xlabel="seconds", ylabel="queries", title="time per (sample, k) query")
+    lines = by_budget(run)
+    ax.hist([line.seconds for line in lines], bins=20, stacked=True, label=[f"k={line.k}" for line in lines])
+    ax.set(xlabel="seconds", ylabel="queries", title="time per (sample, k) query solved")
     ax.legend()
     return figure

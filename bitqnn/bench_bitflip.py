@@ -95,17 +95,22 @@ def run_bitflip_benchmark(args: argparse.Namespace) -> int:
                 print(f"  [{name} k={k}] {query.label}: {result.verdict.value} {result.seconds:.1f}s "
                       f"{result.engine}" + (f" pruned {pruned:.4%}" if pruned is not None else "")
                       + (f" ({result.reason})" if result.reason else ""), flush=True)
+                _write(args, summaries, rows)  # after every query, so a long run can be read (or cut) midway
             for radius in radii:
                 summaries.append(_summary(name, accuracy, k, radius,
                                           [r for r in rows if (r["model"], r["k"], r["radius"]) == (name, k, radius)]))
     _print_table(summaries)
+    print(f"wrote {_write(args, summaries, rows)}")
+    return 0
+
+
+def _write(args: argparse.Namespace, summaries: list[dict], rows: list[dict]) -> Path:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"config": CONFIG.describe(), "timeout_s": args.timeout, "fault_model":
                                "scope one, all weights, all bits", "summary": summaries, "per_query": rows},
                               indent=2))
-    print(f"wrote {out}")
-    return 0
+    return out
 
 
 def _summary(model: str, accuracy: float, k: int, radius: int, rows: list[dict]) -> dict:

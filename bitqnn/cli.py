@@ -45,7 +45,11 @@ def cmd_prove(args: argparse.Namespace) -> int:
     from bitqnn.engines.registry import make_engine
     from bitqnn.verify import verify
 
-    obligations = _compile(args.spec).obligations
+    compiled = _compile(args.spec)
+    obligations = compiled.obligations
+    if compiled.audits:  # checked with everything else; answering them is `bitqnn audit`'s job
+        print(f"skipping {len(compiled.audits)} audit statement{'s' if len(compiled.audits) > 1 else ''}: "
+              f"run bitqnn audit {args.spec}", file=sys.stderr)
     _check_statement_engines(obligations)
     if args.engine:
         _check_engine_fits(obligations, args.engine)
@@ -143,13 +147,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     from bitqnn.audit import default_jobs, run_audits
 
-    audits = _compile(args.spec).audits
-    if not audits:
-        raise InputError(f"{args.spec}: no audit statement; bitqnn audit runs `audit robust(...) over sample ...`")
     if args.jobs is not None and args.jobs < 1:
         raise InputError(f"--jobs must be at least 1, not {args.jobs}")
     if args.timeout is not None and args.timeout <= 0:
         raise InputError(f"--timeout must be more than 0, not {args.timeout:g}")
+    audits = _compile(args.spec).audits
+    if not audits:
+        raise InputError(f"{args.spec}: no audit statement; bitqnn audit runs `audit robust(...) over sample ...`")
     spec = Path(args.spec)
     runs = run_audits(audits, Path(args.store) if args.store else spec.with_suffix(".audit.jsonl"),
                       Path(args.html) if args.html else spec.with_suffix(".audit.html"),
