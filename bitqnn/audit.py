@@ -7,52 +7,29 @@ arrives, keyed by a fingerprint of everything the answer depends on (the network
 parameters, the input box, the label, the fault model at that k, the engine and the
 timeout). A rerun therefore asks only what is missing: an interrupted audit resumes, a
 finished one reruns without solving, and a changed spec never reuses a stale answer.
+
+The store and its keys are in `audit_store`, the summary read back from it in `audit_summary`;
+this module plans the queries and answers them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import pickle
-import re
 import signal
-import statistics
 import sys
-from collections import Counter
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from multiprocessing.pool import Pool
 from pathlib import Path
 from typing import TextIO
 
+from bitqnn.audit_store import INFERRED, Row, Store, load_rows, network_digest, row_key
+from bitqnn.audit_summary import summary
 from bitqnn.fault_verify import make_fault_engine, verify_fault
 from bitqnn.faults import FaultQuery
 from bitqnn.outcome import Verdict
-from bitqnn.qnn import QNN
 from bitqnn.spec.compile import Audit
-
-INFERRED = "inferred"  # the engine of a row answered from the row for k - 1, without solving
-# what a verdict means for one sample under one budget k
-WORDS = {Verdict.PROVED.value: "resilient", Verdict.FALSIFIED.value: "vulnerable", Verdict.UNKNOWN.value: "unknown"}
-
-
-@dataclass(frozen=True)
-class Row:
-    """One answered (sample, k) query as stored: `audit` is the statement's file:line, and
-    `flips` the flipped bits of a counterexample (empty when the sample is not robust even
-    without flips, or when there is no counterexample)."""
-
-    key: str
-    audit: str
-    sample: int
-    k: int
-    verdict: str
-    seconds: float
-    engine: str
-    reason: str
-    flips: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -84,92 +61,6 @@ class AuditRun:
     @property
     def verdicts(self) -> set[Verdict]:
         return {Verdict(row.verdict) for row in self.rows.values()}
-
-
-# ---- flipped bits, as `Flip.describe` writes them ----
-
-_FLIP = re.compile(r"layers\[(\d+)\]\.(weights|biases)(\[[\d, ]+\]) bit (\d+):")
-
-
-@dataclass(frozen=True)
-class FlipRef:
-    """One flipped bit of a counterexample: weighted layer, weights or biases, index, bit."""
-
-    layer: int
-    kind: str
-    index: str
-    bit: int
-
-    @property
-    def parameter(self) -> str:
-        return f"layers[{self.layer}].{self.kind}{self.index}"
-
-
-def parse_flip(text: str) -> FlipRef:
-    """Read back `Result.flips` text such as 'layers[1].weights[15, 6] bit 7: stored -9 -> 119'."""
-    match = _FLIP.match(text)
-    if match is None:
-        raise ValueError(f"not a flipped bit: {text!r}")
-    layer, kind, index, bit = match.groups()
-    return FlipRef(int(layer), kind, index, int(bit))
-
-
-# ---- fingerprints and the store ----
-
-
-def network_digest(qnn: QNN) -> str:
-    """The network's parameters and semantics, not where it was loaded from: a model file
-    with new contents, or a new quantization setting, gives a new digest."""
-    return hashlib.sha256(pickle.dumps(replace(qnn, _cache={}, onnx_path=None))).hexdigest()
-
-
-def row_key(fq: FaultQuery, network: str, sample: int, k: int, engine: str, timeout: float) -> str:
-    """Everything an answer depends on; the label and line of the statement are left out."""
-    digest = hashlib.sha256()
-    query = fq.query
-    for part in (network, sample, k, repr(replace(fq.model, k=k)), repr(query.violation), engine, float(timeout)):
-        digest.update(repr(part).encode() + b"\0")
-    digest.update(query.region.lo.tobytes() + b"\0" + query.region.hi.tobytes())
-    return digest.hexdigest()[:32]
-
-
-def load_rows(path: Path) -> dict[str, Row]:
-    """Stored rows by key; a line cut short by an interruption is skipped (asked again)."""
-    rows: dict[str, Row] = {}
-    if not path.exists():
-        return rows
-    names = {f.name for f in fields(Row)}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(data, dict) and set(data) == names:
-            rows[data["key"]] = Row(**{**data, "flips": tuple(data["flips"])})
-    return rows
-
-
-class Store:
-    """Appends each row as one JSON line and flushes it, so that an interruption loses at
-    most the queries still running."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        cut = False
-        if path.exists() and path.stat().st_size:
-            with path.open("rb") as existing:
-                existing.seek(-1, os.SEEK_END)
-                cut = existing.read(1) != b"\n"
-        self._file = path.open("a", encoding="utf-8")
-        if cut:
-            self._file.write("\n")  # end the cut line, so the next row starts a line of its own
-
-    def add(self, row: Row) -> None:
-        self._file.write(json.dumps(asdict(row)) + "\n")
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
 
 
 # ---- answering queries, here or in worker processes ----
@@ -334,69 +225,3 @@ def run_audits(audits: list[Audit], store: Path, html: Path, jobs: int, timeout:
     write_report(runs, html)
     print(f"store: {store} ({total} rows used, {len(tasks)} new); report: {html}", file=sys.stderr)
     return runs
-
-
-# ---- the summary ----
-
-
-@dataclass(frozen=True)
-class BudgetLine:
-    """One budget k over all samples: how many are resilient, vulnerable and unknown, and the
-    times of the queries solved for it (an inferred row took none, and is no query)."""
-
-    k: int
-    counts: Counter
-    seconds: tuple[float, ...]
-
-    def times(self) -> tuple[str, str]:
-        """The median and the longest time as printed; '-' when every row was inferred."""
-        if not self.seconds:
-            return "-", "-"
-        return f"{statistics.median(self.seconds):.2f}s", f"{max(self.seconds):.2f}s"
-
-
-def by_budget(run: AuditRun) -> list[BudgetLine]:
-    lines = []
-    for k in range(1, run.budget + 1):
-        rows = [run.rows[sample, k] for sample in run.audit.samples]
-        seconds = tuple(row.seconds for row in rows if row.engine != INFERRED)
-        lines.append(BudgetLine(k, Counter(WORDS[row.verdict] for row in rows), seconds))
-    return lines
-
-
-def found(rows: Iterable[Row]) -> list[list[FlipRef]]:
-    """The flips of each counterexample found by an engine; an inferred row repeats one of
-    them, so counting it again would weigh a sample by how many budgets follow its first."""
-    return [[parse_flip(text) for text in row.flips] for row in rows if row.flips and row.engine != INFERRED]
-
-
-def vulnerable_parameters(rows: Iterable[Row]) -> list[tuple[str, int, list[int]]]:
-    """(parameter, counterexamples that flip it, its flipped bit positions), most often flipped first."""
-    counts: Counter = Counter()
-    bits: dict[str, set[int]] = {}
-    for flips in found(rows):
-        for parameter in {flip.parameter for flip in flips}:
-            counts[parameter] += 1
-        for flip in flips:
-            bits.setdefault(flip.parameter, set()).add(flip.bit)
-    return [(parameter, count, sorted(bits[parameter])) for parameter, count in counts.most_common()]
-
-
-def summary(run: AuditRun, top: int = 5) -> str:
-    """The terminal table: per k, the verdict counts and times; then the weakest parameters."""
-    header = ("k", "samples", "resilient", "vulnerable", "unknown", "median time", "max time")
-    table = [header] + [(str(line.k), str(sum(line.counts.values())), str(line.counts["resilient"]),
-                         str(line.counts["vulnerable"]), str(line.counts["unknown"]), *line.times())
-                        for line in by_budget(run)]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    lines = [f"{run.audit.text} @ {run.where}"]
-    lines += ["  " + "  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in table]
-    weakest = vulnerable_parameters(run.rows.values())[:top]
-    if weakest:
-        lines.append("most vulnerable parameters (counterexamples that flip them; bits flipped):")
-        lines += [f"  {parameter}  {count}; bits {', '.join(map(str, bits))}" for parameter, count, bits in weakest]
-    clean = sorted({row.sample for row in run.rows.values() if row.verdict == Verdict.FALSIFIED.value
-                    and not row.flips})
-    if clean:
-        lines.append(f"not robust without any flip: sample{'s' if len(clean) > 1 else ''} {', '.join(map(str, clean))}")
-    return "\n".join(lines)

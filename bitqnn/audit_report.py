@@ -18,7 +18,8 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from bitqnn.audit import WORDS, AuditRun, by_budget, found, vulnerable_parameters
+from bitqnn.audit import AuditRun
+from bitqnn.audit_summary import WORDS, by_budget, found, vulnerable_parameters
 from bitqnn.faults import weighted_layers
 
 STYLE = """body { font-family: sans-serif; margin: 2em; color: #222 }

@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 
 from bitqnn import audit as audit_module
-from bitqnn.audit import load_rows, parse_flip, plan
+from bitqnn.audit import plan
 from bitqnn.audit_report import heat_map
+from bitqnn.audit_store import load_rows
+from bitqnn.audit_summary import parse_flip
 from bitqnn.cli import main
 from bitqnn.spec import SpecError, compile_file, compile_spec
 
