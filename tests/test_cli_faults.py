@@ -1,0 +1,57 @@
+"""`bitqnn prove` on properties under bit flips: the shipped specs, replay of the flips, bad engines."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from bitqnn.cli import EXIT_FALSIFIED, EXIT_INPUT, EXIT_PROVED, main
+from bitqnn.faults import Flip, apply_flips, weighted_layers
+from bitqnn.onnx_io import load_qnn
+from bitqnn.qnn import execute
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = ROOT / "specs"
+FLIP = re.compile(r"layers\[(\d+)\]\.(weights|biases)\[([\d, ]+)\] bit (\d+): stored (-?\d+) -> (-?\d+)")
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_resilience_spec_proves_and_reports_pruning(capsys):
+    code, out, _ = run(capsys, "prove", SPECS / "digits_bitflip_resilient.qspec")
+    assert code == EXIT_PROVED
+    assert "2 proved, 0 falsified, 0 unknown" in out
+    assert "candidate flips pruned" in out
+
+
+def test_attack_spec_names_the_flip_and_it_replays_independently(capsys):
+    code, out, _ = run(capsys, "prove", SPECS / "digits_bitflip_attack.qspec", "--json")
+    assert code == EXIT_FALSIFIED
+    (result,) = json.loads(out)["results"]
+    (text,) = result["flips"]
+    linear, kind, index, bit, before, after = FLIP.search(text).groups()
+    qnn = load_qnn(str(ROOT / "examples/digits/digits_q8.onnx"))
+    layer_index = weighted_layers(qnn)[int(linear)]
+    multi = tuple(int(i) for i in index.split(","))
+    stored = getattr(qnn.layers[layer_index], "weight" if kind == "weights" else "bias")[multi]
+    raw = (int(stored) & 0xFF) ^ (1 << int(bit))  # int8 storage, read back as two's complement
+    assert int(before) == stored and int(after) == (raw - 256 if raw >= 128 else raw)
+    x = np.array(result["witness"])
+    clean, faulty = execute(qnn, x)[0], execute(apply_flips(qnn, (Flip(layer_index, kind, multi, int(bit)),)), x)[0]
+    assert faulty.tolist() == result["outputs"]
+    assert int(np.argmax(clean)) != int(np.argmax(faulty)) or list(faulty).count(faulty.max()) > 1
+
+
+def test_an_engine_that_cannot_model_flips_is_refused_with_the_position(capsys, tmp_path):
+    spec = tmp_path / "bad.qspec"
+    spec.write_text(f'network q = onnx "{ROOT / "examples/digits/digits_q8.onnx"}"\n'
+                    f'let x = sample "{ROOT / "examples/digits/test.npz"}" index 0\n'
+                    "prove robust(q, linf(x, 0)) under bitflips(k=1, params=q.weights) with engine=attack\n")
+    code, _, err = run(capsys, "prove", spec)
+    assert code == EXIT_INPUT
+    assert f"{spec}:3:1" in err and "does not analyse bit flips" in err and len(err.strip().splitlines()) == 1
