@@ -17,6 +17,7 @@ as a box. That forgets how they co-vary, which is sound and only costs precision
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -48,8 +49,12 @@ def augmented_holds(qnn: QNN, region: Box, clean: NetworkBounds, violation: Viol
     return not remaining.terms and not always
 
 
+class PruningTimeout(Exception):
+    """The query's time ran out while pruning: an analysis per neuron group adds up."""
+
+
 def harmless_rows(qnn: QNN, region: Box, clean: NetworkBounds, violation: Violation, cands: Candidates,
-                  low: np.ndarray, high: np.ndarray, low_bit_retry: bool) -> np.ndarray:
+                  low: np.ndarray, high: np.ndarray, low_bit_retry: bool, deadline: float) -> np.ndarray:
     """Per candidate row (all of one layer, each moving its neuron's accumulator by an
     amount in [low[j], high[j]]): proved harmless by augmented symbolic analysis."""
     index = int(cands.layer[0])
@@ -64,6 +69,8 @@ def harmless_rows(qnn: QNN, region: Box, clean: NetworkBounds, violation: Violat
         return neurons, lo, hi
 
     def test(rows: np.ndarray) -> bool:
+        if time.perf_counter() > deadline:
+            raise PruningTimeout(f"timeout while pruning the flips of layer {index}")
         neurons, lo, hi = span(rows)
         return augmented_holds(qnn, region, clean, violation, index, neurons, lo, hi)
 

@@ -16,6 +16,7 @@ pruned decides how long the rest takes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,7 +128,8 @@ def within_width(qnn: QNN, acc_lo: np.ndarray, acc_hi: np.ndarray) -> np.ndarray
     return (acc_lo >= -limit) & (acc_hi < limit)
 
 
-def prune(query: Query, analysis: SymbolicAnalysis, cands: Candidates, model: FaultModel) -> Pruning:
+def prune(query: Query, analysis: SymbolicAnalysis, cands: Candidates, model: FaultModel,
+          deadline: float = math.inf) -> Pruning:
     """Drop the candidate rows that provably cannot break the property: invariant neurons
     first (cheapest), then, where a fault touches one parameter, the interval tolerance
     and last the augmented symbolic analysis for what is left."""
@@ -137,13 +139,13 @@ def prune(query: Query, analysis: SymbolicAnalysis, cands: Candidates, model: Fa
     by_tolerance = by_symbolic = 0
     if (model.scope == "one" or model.k == 1) and np.any(keep):
         keep, by_tolerance = _tolerance_pass(qnn, analysis, violation, cands, model.k, keep)
-        keep, by_symbolic = _symbolic_pass(query, clean, cands, model.k, keep)
+        keep, by_symbolic = _symbolic_pass(query, clean, cands, model.k, keep, deadline)
     return Pruning(cands.subset(keep), clean, len(cands), cands.parameters, int(invariant.sum()), by_tolerance,
                    by_symbolic)
 
 
 def _symbolic_pass(query: Query, clean: NetworkBounds, cands: Candidates, k: int,
-                   keep: np.ndarray) -> tuple[np.ndarray, int]:
+                   keep: np.ndarray, deadline: float) -> tuple[np.ndarray, int]:
     keep = keep.copy()
     pruned = 0
     for index in np.unique(cands.layer[keep]):
@@ -157,7 +159,8 @@ def _symbolic_pass(query: Query, clean: NetworkBounds, cands: Candidates, k: int
         harmless = np.zeros(len(part), dtype=bool)
         if chosen.size:  # with k > 1 a retry on low bits alone would miss flip sets mixing in a high bit
             harmless[chosen] = harmless_rows(query.network, query.region, clean, query.violation,
-                                             part.subset(chosen), low[chosen], high[chosen], low_bit_retry=k == 1)
+                                             part.subset(chosen), low[chosen], high[chosen], low_bit_retry=k == 1,
+                                             deadline=deadline)
         keep[rows[harmless]] = False
         pruned += int(harmless.sum())
     return keep, pruned

@@ -8,6 +8,7 @@ an independent reading of two's-complement and unsigned bit patterns.
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -244,3 +245,19 @@ def test_candidates_reject_values_their_storage_cannot_hold():
     qnn = QNN((1,), -4, 4, (dense,))
     with pytest.raises(FaultModelError):
         candidates(qnn, FaultModel(2, (ParamSelection(0, "biases"),)))
+
+
+def test_pruning_stops_at_the_deadline():
+    """The augmented analyses add up on wide networks, so they must honour the query's time."""
+    from bitqnn.fault_perturb import PruningTimeout, harmless_rows
+    from bitqnn.onnx_io import load_qnn
+    from bitqnn.symbolic import SymbolicAnalysis
+
+    qnn = load_qnn(str(Path(__file__).resolve().parents[1] / "examples/digits/digits_q8.onnx"))
+    cands = candidates(qnn, FaultModel(1, (ParamSelection(0, "weights", ((0, 0),)),)))
+    x = np.zeros(qnn.input_size, dtype=np.int64) + qnn.input_lo
+    query = point_query(qnn, x, int(np.argmax(execute(qnn, x)[0])))
+    clean = SymbolicAnalysis(qnn, query.region).bounds
+    moves = np.abs(cands.delta)
+    with pytest.raises(PruningTimeout):
+        harmless_rows(qnn, query.region, clean, query.violation, cands, -moves, moves, True, deadline=0.0)

@@ -24,6 +24,7 @@ from ortools.sat.python import cp_model
 from bitqnn.bounds import NetworkBounds
 from bitqnn.encode.cpsat_faults import encode_fault_term
 from bitqnn.engines.registry import make_engine
+from bitqnn.fault_perturb import PruningTimeout
 from bitqnn.fault_prune import Pruning, fault_bounds, prune
 from bitqnn.faults import (
     Candidates,
@@ -82,7 +83,11 @@ class FaultEngine:
         blocker = _unsupported_after_fault(query.network, cands)
         if blocker:
             return FaultOutcome(Verdict.UNKNOWN, self.name, time.perf_counter() - start, blocker, stats=stats)
-        pruning = prune(query, analysis_of(query), cands, fq.model)
+        try:
+            pruning = prune(query, analysis_of(query), cands, fq.model, deadline=start + timeout)
+        except PruningTimeout as late:
+            return FaultOutcome(Verdict.UNKNOWN, f"{self.name}:pruning", time.perf_counter() - start, str(late),
+                                stats=stats)
         stats.update(candidate_flips=pruning.rows, parameters=pruning.parameters,
                      pruned_invariant=pruning.pruned_invariant, pruned_tolerance=pruning.pruned_tolerance,
                      pruned_symbolic=pruning.pruned_symbolic,
