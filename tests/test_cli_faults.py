@@ -2,24 +2,16 @@
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 
-from bitqnn.cli import EXIT_FALSIFIED, EXIT_INPUT, EXIT_PROVED, main
+from bitqnn.cli import EXIT_FALSIFIED, EXIT_INPUT, EXIT_PROVED
 from bitqnn.faults import Flip, apply_flips, weighted_layers
 from bitqnn.onnx_io import load_qnn
 from bitqnn.qnn import execute
+from tests.test_cli import ROOT, SPECS, run
 
-ROOT = Path(__file__).resolve().parents[1]
-SPECS = ROOT / "specs"
 FLIP = re.compile(r"layers\[(\d+)\]\.(weights|biases)\[([\d, ]+)\] bit (\d+): stored (-?\d+) -> (-?\d+)")
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_resilience_spec_proves_and_reports_pruning(capsys):

@@ -19,6 +19,7 @@ from bitqnn.spec import ast, networks
 from bitqnn.spec.compile import compile_spec, compile_text
 from bitqnn.spec.errors import SpecError
 from bitqnn.spec.parser import parse_spec
+from tests.test_spec_compile import compile_error
 
 REPO = Path(__file__).resolve().parents[1]
 P = ast.Pos
@@ -84,12 +85,6 @@ def spec(tmp_path, monkeypatch):
         return path
 
     return write
-
-
-def compile_error(path: Path) -> SpecError:
-    with pytest.raises(SpecError) as caught:
-        compile_spec(path)
-    return caught.value
 
 
 HEADER = 'network q = onnx "net.onnx"\nlet c = [0.5, 0.25, 0.125, 0]\nregion r = linf(c, 1)\n'
