@@ -75,13 +75,17 @@ class NetworkBounds:
         return sites
 
 
+def interval_product(matrix: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The exact range of matrix @ v over the box lo <= v <= hi (a row or a whole matrix)."""
+    positive, negative = np.maximum(matrix, 0), np.minimum(matrix, 0)
+    return positive @ lo + negative @ hi, positive @ hi + negative @ lo
+
+
 def _linear(qnn: QNN, index: int, lo: np.ndarray, hi: np.ndarray) -> LayerBounds:
     layer = qnn.layers[index]
     form = qnn.linear_form(index)
-    positive = np.maximum(form.matrix, 0)
-    negative = np.minimum(form.matrix, 0)
-    acc_lo = positive @ lo + negative @ hi + form.offset
-    acc_hi = positive @ hi + negative @ lo + form.offset
+    acc_lo, acc_hi = interval_product(form.matrix, lo, hi)
+    acc_lo, acc_hi = acc_lo + form.offset, acc_hi + form.offset
     may_overflow = None
     if qnn.accumulator_bits < 63:
         limit = np.int64(1) << (qnn.accumulator_bits - 1)

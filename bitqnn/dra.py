@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bitqnn.bounds import NetworkBounds, interval_bounds
+from bitqnn.bounds import NetworkBounds, interval_bounds, interval_product
 from bitqnn.error_query import ErrorQuery
 from bitqnn.floatnet import FloatNetwork
 from bitqnn.pairing import RELATIVE_MARGIN, PairedLayer, clip_gap, pair_layers, rounding_error
@@ -62,9 +62,8 @@ def _widen(lo: np.ndarray, hi: np.ndarray, magnitude: np.ndarray) -> tuple[np.nd
 
 
 def _affine(weight: np.ndarray, lo: np.ndarray, hi: np.ndarray, bias: np.ndarray | float = 0.0):
-    pos, neg = np.maximum(weight, 0), np.minimum(weight, 0)
-    low = pos @ lo + neg @ hi + bias
-    high = pos @ hi + neg @ lo + bias
+    low, high = interval_product(weight, lo, hi)
+    low, high = low + bias, high + bias
     return _widen(low, high, np.abs(weight) @ np.maximum(np.abs(lo), np.abs(hi)) + np.abs(bias))
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bitqnn.bounds import LayerBounds, NetworkBounds
+from bitqnn.bounds import LayerBounds, NetworkBounds, interval_product
 from bitqnn.fault_perturb import harmless_rows
 from bitqnn.fault_tolerance import DifferenceCheck, tolerances
 from bitqnn.faults import Candidates, FaultModel
@@ -92,9 +92,8 @@ def fault_bounds(qnn: QNN, clean: NetworkBounds, cands: Candidates, k: int) -> t
         form = qnn.linear_form(index)
         lo_in, hi_in = (clean.input_lo, clean.input_hi) if index == 0 else (layers[index - 1].lo, layers[index - 1].hi)
         if widened:
-            pos, neg = np.maximum(form.matrix, 0), np.minimum(form.matrix, 0)
-            acc_lo = pos @ lo_in + neg @ hi_in + form.offset
-            acc_hi = pos @ hi_in + neg @ lo_in + form.offset
+            acc_lo, acc_hi = interval_product(form.matrix, lo_in, hi_in)
+            acc_lo, acc_hi = acc_lo + form.offset, acc_hi + form.offset
         else:
             acc_lo, acc_hi = clean.layers[index].acc_lo, clean.layers[index].acc_hi
         sub = cands.subset(here)

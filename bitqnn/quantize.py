@@ -14,6 +14,7 @@ from typing import Literal
 
 import numpy as np
 
+from bitqnn.bounds import interval_product
 from bitqnn.floatnet import FloatConv2d, FloatDense, FloatNetwork
 from bitqnn.qnn import QNN, Conv2d, Dense, MaxPool2d, Reshape, Storage
 from bitqnn.requant import OutputStage, Rounding, ShiftRequant, round_real
@@ -90,8 +91,8 @@ def _float_interval_maxima(net: FloatNetwork, lo: float, hi: float) -> list[floa
     maxima = []
     for layer in net.layers:
         if isinstance(layer, FloatDense):
-            pos, neg = np.maximum(layer.weight, 0), np.minimum(layer.weight, 0)
-            low, high = pos @ low + neg @ high + layer.bias, pos @ high + neg @ low + layer.bias
+            low, high = interval_product(layer.weight, low, high)
+            low, high = low + layer.bias, high + layer.bias
             if layer.clip is not None:
                 low, high = np.clip(low, *layer.clip), np.clip(high, *layer.clip)
         elif isinstance(layer, FloatConv2d | MaxPool2d):

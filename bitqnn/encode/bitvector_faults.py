@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import z3
 
-from bitqnn.bounds import NetworkBounds, interval_bounds
+from bitqnn.bounds import NetworkBounds, interval_bounds, interval_product
 from bitqnn.encode.bitvector import Encoding, RequantStyle, _violation, all_of, encode_layers, input_signals
 from bitqnn.encode.bv_signal import Signal, rebias, scale, shift_constant, signed_width
 from bitqnn.fault_prune import fault_bounds
@@ -149,9 +149,9 @@ def _check_faulty_accumulators(qnn: QNN, index: int, values: list[Signal], added
     limit = 1 << (qnn.accumulator_bits - 1)
     for neuron, terms in added.items():
         row = form.matrix[neuron]
-        pos, neg = np.maximum(row, 0), np.minimum(row, 0)
-        low = int(pos @ lo + neg @ hi + form.offset[neuron]) + sum(t.lo for t in terms)
-        high = int(pos @ hi + neg @ lo + form.offset[neuron]) + sum(t.hi for t in terms)
+        low, high = interval_product(row, lo, hi)
+        low = int(low) + int(form.offset[neuron]) + sum(t.lo for t in terms)
+        high = int(high) + int(form.offset[neuron]) + sum(t.hi for t in terms)
         if low < -limit or high >= limit:
             raise FaultEncodingUnsupported(f"a flip may overflow the accumulator of layer {index} neuron {neuron}")
 

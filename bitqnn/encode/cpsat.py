@@ -14,11 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 from ortools.sat.python import cp_model
 
-from bitqnn.bounds import NetworkBounds
+from bitqnn.bounds import NetworkBounds, interval_product
 from bitqnn.hull import stage_hull
 from bitqnn.qnn import QNN, Conv2d, Dense, Lookup, MaxPool2d, Reshape
 from bitqnn.query import LinearAtom
 from bitqnn.requant import OutputStage, Rounding, ShiftRequant
+from bitqnn.step_cuts import StepCut
 
 Value = int | cp_model.IntVar
 
@@ -41,6 +42,8 @@ class _Builder:
         self.bounds = bounds
         self.model = cp_model.CpModel()
         self.count = 0
+        self.layer_inputs: list[list[Value]] = []
+        self.neurons: dict[tuple[int, int], tuple[Value, Value]] = {}  # (layer, neuron) -> (acc, y)
 
     def new_var(self, lo: int, hi: int, name: str) -> Value:
         if lo == hi:
@@ -54,6 +57,7 @@ class _Builder:
 
     def layer(self, index: int, values: list[Value]) -> list[Value]:
         layer = self.qnn.layers[index]
+        self.layer_inputs.append(values)
         if isinstance(layer, Dense | Conv2d):
             return self.linear(index, layer.output, values)
         if isinstance(layer, MaxPool2d):
@@ -99,8 +103,8 @@ class _Builder:
 
     def _raw_range(self, row: np.ndarray, offset: int, index: int) -> tuple[int, int]:
         lo, hi = self.bounds.before(index)
-        pos, neg = np.maximum(row, 0), np.minimum(row, 0)
-        return int(pos @ lo + neg @ hi + offset), int(pos @ hi + neg @ lo + offset)
+        low, high = interval_product(row, lo, hi)
+        return int(low) + offset, int(high) + offset
 
     def linear(self, index: int, stage: OutputStage, values: list[Value]) -> list[Value]:
         form = self.qnn.linear_form(index)
@@ -117,6 +121,7 @@ class _Builder:
                                   int(b.lo[n]), int(b.hi[n]), f"{index}_{n}")
             if stage.requant is not None and not isinstance(y, int):
                 self.hull_rows(stage, int(form.channels[n]), acc, acc_lo, acc_hi, y)
+            self.neurons[(index, n)] = (acc, y)
             out.append(y)
         return out
 
@@ -279,9 +284,41 @@ def encode_network(qnn: QNN, bounds: NetworkBounds) -> tuple[_Builder, list[Valu
     return builder, inputs, values
 
 
-def encode_term(qnn: QNN, bounds: NetworkBounds, term: tuple[LinearAtom, ...]) -> Encoding:
-    """The network plus one conjunction of output atoms."""
+def add_step_cuts(builder: _Builder, cuts: list[StepCut]) -> None:
+    """Each cut's step indicator as a boolean tied exactly to its accumulator, the unary
+    sum that gives y from those booleans, and the cuts themselves: redundant rows that
+    change no solution and tighten the LP relaxation CP-SAT's proofs rest on."""
+    booleans: dict[tuple[int, int, int], cp_model.IntVar] = {}
+    for layer, neuron in sorted({(c.indicator.layer, c.indicator.neuron) for c in cuts}):
+        acc, y = builder.neurons[(layer, neuron)]
+        b = builder.bounds.layers[layer]
+        form = builder.qnn.linear_form(layer)
+        stage = builder.qnn.layers[layer].output
+        starts, steps = stage.steps(int(form.channels[neuron]), int(b.acc_lo[neuron]), int(b.acc_hi[neuron]))
+        unary = int(steps[0])
+        previous = None
+        for k in range(1, len(starts)):
+            z = builder.model.new_bool_var(f"z{layer}_{neuron}_{k}")
+            builder.model.add(acc >= int(starts[k])).only_enforce_if(z)
+            builder.model.add(acc <= int(starts[k]) - 1).only_enforce_if(~z)
+            if previous is not None:
+                builder.model.add_implication(z, previous)
+            unary = unary + int(steps[k] - steps[k - 1]) * z
+            booleans[(layer, neuron, k)] = previous = z
+        builder.model.add(y == unary)
+    for cut in cuts:
+        indicator = cut.indicator
+        values = builder.layer_inputs[indicator.layer]
+        expr = sum(int(c) * values[j] for j, c in zip(cut.members, cut.weights, strict=True))
+        expr += cut.z_coeff * booleans[(indicator.layer, indicator.neuron, indicator.step)]
+        builder.model.add(expr >= cut.bound if cut.at_least else expr <= cut.bound)
+
+
+def encode_term(qnn: QNN, bounds: NetworkBounds, term: tuple[LinearAtom, ...],
+                cuts: list[StepCut] = ()) -> Encoding:
+    """The network plus one conjunction of output atoms (and any step cuts to tighten it)."""
     builder, inputs, outputs = encode_network(qnn, bounds)
+    add_step_cuts(builder, list(cuts))
     for atom in term:
         expr = sum(c * outputs[i] for i, c in atom.terms)
         builder.model.add(expr >= atom.bound)

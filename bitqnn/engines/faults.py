@@ -23,6 +23,7 @@ from ortools.sat.python import cp_model
 
 from bitqnn.bounds import NetworkBounds
 from bitqnn.encode.cpsat_faults import encode_fault_term
+from bitqnn.engines.cpsat import input_values, solve_model
 from bitqnn.engines.registry import make_engine
 from bitqnn.fault_perturb import PruningTimeout
 from bitqnn.fault_prune import Pruning, fault_bounds, prune
@@ -170,14 +171,10 @@ class FaultEngine:
             if left <= 0:
                 return Verdict.UNKNOWN, ()
             encoding = encode_fault_term(query.network, bounds, part, model, term)
-            solver = cp_model.CpSolver()
-            solver.parameters.max_time_in_seconds = left
-            solver.parameters.num_workers = 2
-            status = solver.solve(encoding.model)
+            status, solver = solve_model(encoding.model, left, workers=2)
             stats["variables"] = max(stats.get("variables", 0), encoding.variables)
             if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-                witness = np.array([v if isinstance(v, int) else solver.value(v) for v in encoding.inputs],
-                                   dtype=np.int64)
+                witness = input_values(solver, encoding.inputs)
                 flips = tuple(part.flip(j) for j, f in enumerate(encoding.flags) if solver.value(f))
                 return Verdict.FALSIFIED, (witness, flips)
             if status != cp_model.INFEASIBLE:

@@ -18,14 +18,14 @@ def _smt(backend: str = "z3"):
 
 
 def _auto(workers: int):
-    """Cheapest first: bounds; a gradient attack; CP-SAT for the quick proofs; the LP-guided
-    attack for counterexamples CP-SAT's search misses; then CP-SAT with all that is left."""
-    cpsat = CpSatEngine(workers=workers)
+    """Cheapest first: bounds; a gradient attack; CP-SAT alone for the quick proofs; the
+    LP-guided attack for counterexamples CP-SAT's search misses; then step cuts and CP-SAT
+    with all that is left."""
     return SequentialPortfolio("auto", [Stage(BoundsEngine()),
                                         Stage(AttackEngine(budget=0.5, phases=("gradient",)), share=0.1),
-                                        Stage(cpsat, cap=5.0),
+                                        Stage(CpSatEngine(workers=workers, cuts=False), cap=5.0),
                                         Stage(AttackEngine(budget=5.0, phases=("lp",)), share=0.2),
-                                        Stage(cpsat)])
+                                        Stage(CpSatEngine(workers=workers, first_try=False))])
 
 
 FACTORIES: dict[str, Callable[[int], object]] = {
