@@ -24,6 +24,7 @@ from bitqnn.query import LinearAtom
 class FaultEncoding:
     model: cp_model.CpModel
     inputs: list[Value]
+    outputs: list[Value]
     flags: list[cp_model.IntVar]
     variables: int
 
@@ -83,4 +84,4 @@ def encode_fault_term(qnn: QNN, bounds: NetworkBounds, cands: Candidates, fault:
         values = builder.layer(index, values)
     for atom in term:
         builder.model.add(sum(c * values[i] for i, c in atom.terms) >= atom.bound)
-    return FaultEncoding(builder.model, inputs, builder.flags, builder.count)
+    return FaultEncoding(builder.model, inputs, values, builder.flags, builder.count)

@@ -171,7 +171,8 @@ class FaultEngine:
             if left <= 0:
                 return Verdict.UNKNOWN, ()
             encoding = encode_fault_term(query.network, bounds, part, model, term)
-            status, solver = solve_model(encoding.model, left, workers=2)
+            objective = sum(c * encoding.outputs[i] for i, c in term[0].terms)
+            status, solver = solve_model(encoding.model, left, workers=2, objective=objective)
             stats["variables"] = max(stats.get("variables", 0), encoding.variables)
             if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
                 witness = input_values(solver, encoding.inputs)
