@@ -55,21 +55,31 @@ class CutRound:
     lp_bounds: list[float]  # the LP maximum before each round of cuts
 
 
-def _extremes(qnn: QNN, bounds: NetworkBounds, layer: int, neuron: int):
-    form = qnn.linear_form(layer)
-    members = np.flatnonzero(form.matrix[neuron])
-    w = form.matrix[neuron, members]
-    d_lo, d_hi = bounds.before(layer)
-    low = np.where(w > 0, d_lo[members], d_hi[members])  # where w_j d_j is smallest
-    high = np.where(w > 0, d_hi[members], d_lo[members])
-    return members, w, low, high, int(form.offset[neuron])
+@dataclass(frozen=True)
+class NeuronRow:
+    """acc = weights . d[members] + offset, and the ends of each d_j's range where w_j d_j
+    is smallest (low) and largest (high): all a neuron's cuts need, computed once."""
+
+    members: np.ndarray
+    weights: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    offset: int
+
+    @classmethod
+    def of(cls, qnn: QNN, bounds: NetworkBounds, layer: int, neuron: int) -> NeuronRow:
+        form = qnn.linear_form(layer)
+        members = np.flatnonzero(form.matrix[neuron])
+        w = form.matrix[neuron, members]
+        d_lo, d_hi = bounds.before(layer)
+        return cls(members, w, np.where(w > 0, d_lo[members], d_hi[members]),
+                   np.where(w > 0, d_hi[members], d_lo[members]), int(form.offset[neuron]))
 
 
-def separate(qnn: QNN, bounds: NetworkBounds, indicator: StepIndicator, z: float,
-             layer_input: np.ndarray) -> list[StepCut]:
+def separate(row: NeuronRow, indicator: StepIndicator, z: float, layer_input: np.ndarray) -> list[StepCut]:
     """The most violated cut of each side at the LP point (z, layer_input), if any."""
-    members, w, low, high, offset = _extremes(qnn, bounds, indicator.layer, indicator.neuron)
-    t = indicator.start - offset
+    members, w, low, high = row.members, row.weights, row.low, row.high
+    t = indicator.start - row.offset
     d = layer_input[members]
     cuts = []
     in_one, out_one = w * d - w * low * (1 - z), w * high * z
@@ -110,6 +120,7 @@ def cut_rounds(qnn: QNN, bounds: NetworkBounds, terms: tuple[tuple[int, int], ..
     start = time.perf_counter()
     lp = RelaxationLP(qnn, bounds, indicators=True)
     z_var_of = dict(zip(lp.indicators, lp.indicator_vars, strict=True))
+    rows = {(i.layer, i.neuron): NeuronRow.of(qnn, bounds, i.layer, i.neuron) for i in lp.indicators}
     cuts: list[StepCut] = []
     history: list[float] = []
     for _ in range(max_rounds):
@@ -125,7 +136,8 @@ def cut_rounds(qnn: QNN, bounds: NetworkBounds, terms: tuple[tuple[int, int], ..
         z_values = [v.solution_value() for v in lp.indicator_vars]
         inputs = [np.array([value_of(v) for v in layer]) for layer in lp.layer_inputs]
         found = [cut for indicator, z in zip(lp.indicators, z_values, strict=True)
-                 for cut in separate(qnn, bounds, indicator, z, inputs[indicator.layer])]
+                 for cut in separate(rows[(indicator.layer, indicator.neuron)], indicator, z,
+                                     inputs[indicator.layer])]
         if not found:
             break
         for cut in found:

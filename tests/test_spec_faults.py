@@ -198,12 +198,6 @@ def test_fault_words_name_the_network_inside_a_fault_model():
     ("bound error(f, q, r) under bitflips(k=1)", 1, 22,
      "unexpected 'under'; expected 'with', a statement (options, network, let, region, prove, bound) or the "
      "end of the file"),
-    # '.' is a token now; where a number is expected it is still the decimal-point slip
-    ("let x = [.5]", 1, 10, ("unexpected character '.'; expected a number "
-     "(write decimals with digits on both sides of the point, as in 0.5)")),
-    ("prove robust(q, r) label=3", 1, 20, ("unexpected 'label'; expected 'with', a statement (options, network, "
-     "let, region, prove, bound) or the end of the file "
-     "(it goes inside the parentheses, as in robust(q, r, label=3))")),
 ])
 def test_fault_syntax_errors_in_words(text, line, column, expected):
     err = syntax_error(text)

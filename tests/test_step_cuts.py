@@ -17,7 +17,7 @@ from bitqnn.engines.cpsat import CpSatEngine
 from bitqnn.engines.enumeration import EnumerationEngine
 from bitqnn.qnn import Conv2d, Dense, run_layer
 from bitqnn.query import Box
-from bitqnn.step_cuts import StepCut, cut_rounds, separate
+from bitqnn.step_cuts import NeuronRow, StepCut, cut_rounds, separate
 from bitqnn.symbolic import analysis_of
 from tests.netgen import REQUANT_KINDS, random_dense_qnn, random_query
 
@@ -68,10 +68,11 @@ def test_cuts_separated_anywhere_hold_at_every_point():
         lp = RelaxationLP(query.network, bounds, indicators=True)
         cuts = []
         for indicator in lp.indicators:
+            row = NeuronRow.of(query.network, bounds, indicator.layer, indicator.neuron)
             d_lo, d_hi = bounds.before(indicator.layer)
             for _ in range(4):
                 point = d_lo + rng.random(d_lo.shape) * (d_hi - d_lo)
-                cuts += separate(query.network, bounds, indicator, float(rng.random()), point)
+                cuts += separate(row, indicator, float(rng.random()), point)
         assert_cuts_hold(cuts, inputs, accumulators)
         produced += len(cuts)
     assert produced > 500

@@ -9,6 +9,7 @@ become variables.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -284,7 +285,7 @@ def encode_network(qnn: QNN, bounds: NetworkBounds) -> tuple[_Builder, list[Valu
     return builder, inputs, values
 
 
-def add_step_cuts(builder: _Builder, cuts: list[StepCut]) -> None:
+def add_step_cuts(builder: _Builder, cuts: Sequence[StepCut]) -> None:
     """Each cut's step indicator as a boolean tied exactly to its accumulator, the unary
     sum that gives y from those booleans, and the cuts themselves: redundant rows that
     change no solution and tighten the LP relaxation CP-SAT's proofs rest on."""
@@ -315,10 +316,10 @@ def add_step_cuts(builder: _Builder, cuts: list[StepCut]) -> None:
 
 
 def encode_term(qnn: QNN, bounds: NetworkBounds, term: tuple[LinearAtom, ...],
-                cuts: list[StepCut] = ()) -> Encoding:
+                cuts: Sequence[StepCut] = ()) -> Encoding:
     """The network plus one conjunction of output atoms (and any step cuts to tighten it)."""
     builder, inputs, outputs = encode_network(qnn, bounds)
-    add_step_cuts(builder, list(cuts))
+    add_step_cuts(builder, cuts)
     for atom in term:
         expr = sum(c * outputs[i] for i, c in atom.terms)
         builder.model.add(expr >= atom.bound)

@@ -1,9 +1,10 @@
 """The default exact engine: one CP-SAT model per violation term (per competing class).
 
 Splitting by term keeps each model a plain conjunction, lets interval bounds discard
-whole terms before any solving, and returns the first counterexample found. Before each
-model is solved, a few rounds of step cuts (`step_cuts`) tighten its LP relaxation; the
-cuts are exact integer rows, so they change no answer, only how fast one is found.
+whole terms before any solving, and returns the first counterexample found. A term that a
+short first try does not settle gets rounds of step cuts (`step_cuts`) to tighten its LP
+relaxation; the cuts are exact integer rows, so they change no answer, only how fast one
+is found.
 """
 
 from __future__ import annotations
