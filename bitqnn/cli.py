@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bitqnn.answer import ERROR_KINDS
 from bitqnn.bench_bitflip import add_arguments as add_bitflip_arguments
 from bitqnn.bench_error import add_arguments as add_error_arguments
+from bitqnn.bench_synth import add_arguments as add_synth_arguments
 from bitqnn.engines.registry import ENGINE_NAMES
 from bitqnn.error_verify import ERROR_ENGINES
 from bitqnn.fault_verify import FAULT_ENGINES
@@ -23,7 +25,6 @@ from bitqnn.outcome import Verdict
 from bitqnn.qnn import AccumulatorOverflow
 
 EXIT_PROVED, EXIT_FALSIFIED, EXIT_UNKNOWN, EXIT_INPUT, EXIT_INTERNAL = 0, 10, 20, 2, 3
-ERROR_KINDS = ("error", "bound")  # statements about quantization error, answered by error_verify
 
 
 class InputError(Exception):
@@ -42,37 +43,30 @@ def _compile(path: str):
 
 def cmd_prove(args: argparse.Namespace) -> int:
     from bitqnn import report
-    from bitqnn.engines.registry import make_engine
-    from bitqnn.verify import verify
+    from bitqnn.answer import Answerer
 
     compiled = _compile(args.spec)
     obligations = compiled.obligations
-    if compiled.audits:  # checked with everything else; answering them is `bitqnn audit`'s job
-        print(f"skipping {len(compiled.audits)} audit statement{'s' if len(compiled.audits) > 1 else ''}: "
-              f"run bitqnn audit {args.spec}", file=sys.stderr)
+    for count, kind, command in ((len(compiled.audits), "audit", "audit"),
+                                 (len(compiled.syntheses), "synthesize", "synthesize")):
+        if count:  # checked with everything else; answering them is another command's job
+            print(f"skipping {count} {kind} statement{'s' if count > 1 else ''}: run bitqnn {command} {args.spec}",
+                  file=sys.stderr)
     _check_statement_engines(obligations)
     if args.engine:
         _check_engine_fits(obligations, args.engine)
-    plain = [o for o in obligations if o.kind not in ERROR_KINDS and not isinstance(o.query, FaultQuery)]
+    # one query per statement: --smtlib exports these (a backdoor statement has one per patch location)
+    plain = [o for o in obligations if o.kind not in (*ERROR_KINDS, "backdoor") and not isinstance(o.query, FaultQuery)]
     if args.smtlib:
         _export_smtlib(plain, Path(args.smtlib))
-    engines = {name: make_engine(name, args.workers) for name in {args.engine or o.options["engine"] for o in plain}}
+    answer = Answerer(args.workers)
     results = []
     for number, obligation in enumerate(obligations, start=1):
         engine = args.engine or obligation.options["engine"]
         timeout = args.timeout or obligation.options["timeout"]
         print(f"[{number}/{len(obligations)}] {obligation.query.label} ({engine}, {timeout:g}s) ...",
               file=sys.stderr, flush=True)
-        if obligation.kind in ERROR_KINDS:
-            from bitqnn.error_verify import error_result
-
-            results.append(error_result(obligation.query, obligation.kind, timeout, engine))
-        elif isinstance(obligation.query, FaultQuery):
-            from bitqnn.fault_verify import make_fault_engine, verify_fault
-
-            results.append(verify_fault(obligation.query, make_fault_engine(engine), timeout))
-        else:
-            results.append(verify(obligation.query, engines[engine], timeout))
+        results.append(answer(obligation, engine, timeout))
     semantics = [o.query.network.describe() for o in obligations]
     if args.json:
         print(report.to_json(results, semantics))
@@ -133,14 +127,21 @@ def cmd_check(args: argparse.Namespace) -> int:
         cases = (f"{len(query.outputs)} output(s)" if obligation.kind in ERROR_KINDS
                  else f"{len(query.query.violation.terms)} case(s) under {query.model.describe()}"
                  if isinstance(query, FaultQuery) else f"{len(query.violation.terms)} case(s)")
-        print(f"ok  {query.label}: {obligation.kind}, {query.network.name}, "
-              f"{query.region.points} input points, {cases}, "
+        points = (f"{len(query.locations)} patch location(s) x {query.patch_points} patches"
+                  if obligation.kind == "backdoor" else f"{query.region.points} input points")
+        print(f"ok  {query.label}: {obligation.kind}, {query.network.name}, {points}, {cases}, "
               f"engine {obligation.options['engine']}, timeout {obligation.options['timeout']:g}s")
     for audit in compiled.audits:
         print(f"ok  audit @ {audit.pos.file}:{audit.pos.line}: {len(audit.samples)} samples, k = 1.."
               f"{audit.queries[0].model.k}, engine {audit.options['engine']}, timeout {audit.options['timeout']:g}s")
+    for synthesis in compiled.syntheses:
+        print(f"ok  {synthesis.text} @ {synthesis.pos.file}:{synthesis.pos.line}: {synthesis.problem.space.size()} "
+              f"candidates, {len(synthesis.keep_texts)} kept properties, minimize {synthesis.problem.cost}, "
+              f"budget {synthesis.problem.budget:g}s")
     audits = f", {len(compiled.audits)} audit{'' if len(compiled.audits) == 1 else 's'}" if compiled.audits else ""
-    print(f"{args.spec}: {len(obligations)} propert{'y' if len(obligations) == 1 else 'ies'}{audits} checked")
+    syntheses = f", {len(compiled.syntheses)} synthesize" if compiled.syntheses else ""
+    print(f"{args.spec}: {len(obligations)} propert{'y' if len(obligations) == 1 else 'ies'}{audits}{syntheses} "
+          "checked")
     return EXIT_PROVED
 
 
@@ -159,6 +160,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
                       Path(args.html) if args.html else spec.with_suffix(".audit.html"),
                       args.jobs or default_jobs(), args.timeout)
     return _exit_code(set().union(*(run.verdicts for run in runs)))
+
+
+def cmd_synthesize(args: argparse.Namespace) -> int:
+    from bitqnn.synthesis.runner import run_syntheses
+
+    compiled = _compile(args.spec)
+    if not compiled.syntheses:
+        raise InputError(f"{args.spec} has no synthesize statement")
+    return run_syntheses(compiled.syntheses, Path(args.out) if args.out else None, args.budget, args.workers,
+                         args.json)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -206,6 +217,12 @@ def cmd_bench_bitflip(args: argparse.Namespace) -> int:
     return run_bitflip_benchmark(args)
 
 
+def cmd_bench_synth(args: argparse.Namespace) -> int:
+    from bitqnn.bench_synth import run_synth_benchmark
+
+    return run_synth_benchmark(args)
+
+
 def cmd_bench_error(args: argparse.Namespace) -> int:
     from bitqnn.bench_error import run_error_benchmark
 
@@ -245,6 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--html", metavar="PATH", help="the HTML report (default SPEC.audit.html)")
     audit.add_argument("--timeout", type=float, help="seconds per (sample, k) query, overriding the spec")
     audit.set_defaults(run=cmd_audit)
+    synthesize = sub.add_parser("synthesize", help="find the cheapest certified quantization (synthesize statements)")
+    synthesize.add_argument("spec")
+    synthesize.add_argument("--out", metavar="DIR", help="where to write the ONNX model, spec and certificate "
+                            "(default: the statement's write path, else SPEC_DIR/NAME.synth)")
+    synthesize.add_argument("--budget", type=float, help="seconds for each search, overriding the spec")
+    synthesize.add_argument("--workers", type=int, default=2, help="CP-SAT search workers (default 2)")
+    synthesize.add_argument("--json", action="store_true", help="the certificates as JSON on stdout")
+    synthesize.set_defaults(run=cmd_synthesize)
     run = sub.add_parser("run", help="run a quantized ONNX model on a sample and print the integer trace")
     run.add_argument("model")
     run.add_argument("--sample", required=True, help="npz, npy or csv file")
@@ -270,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     bitflip = suites.add_parser("bitflip", help="resilience to bit flips in stored weights (BFAVerifier's setting)")
     add_bitflip_arguments(bitflip)
     bitflip.set_defaults(run=cmd_bench_bitflip)
+    synth = suites.add_parser("synth", help="certified bit-width synthesis on Fashion-MNIST MLPs")
+    add_synth_arguments(synth)
+    synth.set_defaults(run=cmd_bench_synth)
     return parser
 
 

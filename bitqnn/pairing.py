@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bitqnn.floatnet import FloatDense, FloatNetwork
+from bitqnn.onnx_io.requant_ort import Float32ChainRequant
 from bitqnn.qnn import QNN, Dense, Reshape
 from bitqnn.requant import FixedPointMultiplierRequant, Float32Requant, OutputStage, ShiftRequant
 from bitqnn.symbolic import RELATIVE_MARGIN  # one float64 margin for every sound bound
@@ -42,7 +43,7 @@ class PairedLayer:
     q_weight: np.ndarray
     q_bias: np.ndarray
     acc_scale: np.ndarray  # per neuron
-    acc_shift: np.ndarray  # nonzero only where the output is the accumulator with a zero point
+    acc_shift: np.ndarray  # a zero point of an accumulator output, or a float tail's added constants
     out_scale: np.ndarray  # per neuron
     clamp_lo: np.ndarray  # real, -inf where the stage has no lower clamp
     clamp_hi: np.ndarray
@@ -50,20 +51,41 @@ class PairedLayer:
     channels: np.ndarray
 
 
-def _multiplier(stage: OutputStage, channels: np.ndarray) -> np.ndarray:
-    """The real factor from accumulator to stored step, per neuron (1 without requantization)."""
+def _affine(stage: OutputStage, channels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per neuron, (m, t) with stage(acc) - zero = m * acc + t up to rounding and clamping.
+
+    Only the precision of the bounds rests on this: the rounding error is read off the exact
+    steps around this line, whatever it is.
+    """
     requant = stage.requant
     if requant is None:
-        return np.ones(channels.shape)
+        return np.ones(channels.shape), np.full(channels.shape, -float(stage.zero))
+    none = np.zeros(channels.shape)
     if isinstance(requant, ShiftRequant):
         shift = np.asarray(requant.shift, dtype=np.float64).ravel()
-        return np.exp2(-(shift if shift.size == 1 else shift[channels]))
+        return np.exp2(-(shift if shift.size == 1 else shift[channels])), none
     if isinstance(requant, Float32Requant):
-        m = np.asarray(requant.multiplier, dtype=np.float64).ravel()
-        return m if m.size == 1 else m[channels]
+        return _per_neuron(requant.multiplier, channels), none
+    if isinstance(requant, Float32ChainRequant):
+        return _chain_affine(requant, channels)
     assert isinstance(requant, FixedPointMultiplierRequant)
-    real = (requant.multiplier * np.exp2(requant.shift - 31.0)).astype(np.float64).ravel()
-    return real if real.size == 1 else real[channels]
+    return _per_neuron(requant.multiplier * np.exp2(requant.shift - 31.0), channels), none
+
+
+def _chain_affine(requant: Float32ChainRequant, channels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A float tail's add/sub/mul/div steps composed in float64; its max/min steps are clamps."""
+    m, t = np.ones(channels.shape), np.zeros(channels.shape)
+    for step in requant.steps:
+        c = _per_neuron(step.constant, channels)
+        if step.op == "add":
+            t = t + c
+        elif step.op == "sub":
+            t = t - c
+        elif step.op == "mul":
+            m, t = m * c, t * c
+        elif step.op == "div":
+            m, t = m / c, t / c
+    return m, t
 
 
 def _per_neuron(values: np.ndarray, channels: np.ndarray) -> np.ndarray:
@@ -94,14 +116,11 @@ def pair_layers(float_net: FloatNetwork, qnn: QNN) -> list[PairedLayer]:
         last = index == len(qnn.layers) - 1
         out_scale = _per_neuron(qnn.output_scale if last else qnn.layer_scales[index], channels)
         zero = float(qnn.output_zero if last and stage.requant is None else stage.zero)
-        acc_scale = out_scale * _multiplier(stage, channels)
+        multiplier, offset = _affine(stage, channels)
+        acc_scale, acc_shift = out_scale * multiplier, out_scale * offset
         matrix = form.matrix.astype(np.float64)
         q_weight = acc_scale[:, None] * matrix / prev_scale[None, :]
-        q_bias = acc_scale * (matrix @ prev_zero + form.offset.astype(np.float64))
-        acc_shift = np.zeros(channels.shape)
-        if stage.requant is None:  # y = acc exactly, so y_q = out_scale * (acc - zero)
-            acc_shift = np.full(channels.shape, -out_scale * zero)
-            q_bias = q_bias + acc_shift
+        q_bias = acc_scale * (matrix @ prev_zero + form.offset.astype(np.float64)) + acc_shift
         lo = -np.inf if stage.lo is None else stage.lo
         hi = np.inf if stage.hi is None else stage.hi
         clamp_lo = np.where(np.isfinite(lo), out_scale * (lo - zero), -np.inf) * np.ones(channels.shape)
@@ -122,8 +141,8 @@ def rounding_error(layer: PairedLayer, acc_lo: np.ndarray, acc_hi: np.ndarray) -
         starts, values = layer.stage.steps(int(layer.channels[n]), int(acc_lo[n]), int(acc_hi[n]))
         ends = np.append(starts[1:] - 1, acc_hi[n])
         y = layer.out_scale[n] * (values.astype(np.float64) - layer.stage.zero)
-        clamp_start = np.clip(layer.acc_scale[n] * starts, layer.clamp_lo[n], layer.clamp_hi[n])
-        clamp_end = np.clip(layer.acc_scale[n] * ends, layer.clamp_lo[n], layer.clamp_hi[n])
+        clamp_start = np.clip(layer.acc_scale[n] * starts + layer.acc_shift[n], layer.clamp_lo[n], layer.clamp_hi[n])
+        clamp_end = np.clip(layer.acc_scale[n] * ends + layer.acc_shift[n], layer.clamp_lo[n], layer.clamp_hi[n])
         pad = RELATIVE_MARGIN * (1.0 + float(np.max(np.abs(y))) + float(np.max(np.abs(clamp_end))))
         low[n] = float(np.min(y - clamp_end)) - pad
         high[n] = float(np.max(y - clamp_start)) + pad

@@ -17,10 +17,13 @@ def _detail(result: Result) -> str:
         return result.reason
     if result.verdict is Verdict.FALSIFIED:
         where = "reference executor" + (" and onnxruntime" if result.onnxruntime_checked else "")
-        return f"counterexample replayed on the {where}; outputs {result.outputs}"
+        found = "trigger patch" if result.patch is not None else "counterexample"
+        return f"{found} replayed on the {where}; outputs {result.outputs}"
     if result.verdict is Verdict.UNKNOWN:
         return result.reason
     stats = result.stats
+    if "locations" in stats:
+        return f"every patch location ({stats['locations']}) proved, {stats['patches_per_location']} patches each"
     if "candidate_flips" in stats:
         pruned = stats["candidate_flips"] - stats["remaining_flips"]
         return (f"{stats['fault_model']}: {pruned} of {stats['candidate_flips']} candidate flips pruned, "
@@ -49,6 +52,11 @@ def table(results: list[Result], semantics: list[str]) -> str:
             lines.append(f"{'counterexample' if result.verdict is Verdict.FALSIFIED else 'largest error'} "
                          f"for {result.label}:")
             lines.append(f"  input (integers): {result.witness}")
+            if result.patch is not None:
+                patch, (h, w) = result.patch, result.patch["size"]
+                real = [[[round(v, 6) for v in row] for row in channel] for channel in patch["values_real"]]
+                lines.append(f"  trigger patch {h} x {w} at [row, column] {patch['at']}, "
+                             f"pixels [channel][row][column]: integers {patch['values']}, real {real}")
             if result.flips is not None:
                 lines.append("  flipped bits: " + ("; ".join(result.flips) or "none (fails on the clean network)"))
             if "witnessed" in result.stats:

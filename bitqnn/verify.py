@@ -27,11 +27,16 @@ class Result:
     onnxruntime_checked: bool = False
     stats: dict = field(default_factory=dict)
     flips: list[str] | None = None  # a bit-flip counterexample's flipped bits, described
+    patch: dict | None = None  # a backdoor counterexample's trigger patch (bitqnn.backdoor), described
 
 
 def verify(query: Query, engine, timeout: float) -> Result:
     """Solve with an engine object (see `engines.registry.make_engine`) and replay any witness."""
-    outcome: Outcome = engine.solve(query, timeout)
+    return settle(query, engine.solve(query, timeout))
+
+
+def settle(query: Query, outcome: Outcome) -> Result:
+    """An outcome as a Result; a witness, whoever found it, replays first or raises ReplayMismatch."""
     stats = {k: v for k, v in outcome.stats.items() if isinstance(v, int | float | str)}
     if outcome.verdict is not Verdict.FALSIFIED:
         return Result(query.label, outcome.verdict, outcome.engine, outcome.seconds, outcome.reason, stats=stats)

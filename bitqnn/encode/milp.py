@@ -356,7 +356,7 @@ def difference_rows(milp: Milp, analysis: DifferentialAnalysis, layer: PairedLay
             if q is None:
                 continue
             if pre:
-                real = q.scaled(float(layer.acc_scale[n]))
+                real = q.scaled(float(layer.acc_scale[n]), float(layer.acc_shift[n]))
             else:
                 real = q.scaled(float(layer.out_scale[n]), -float(layer.out_scale[n]) * float(layer.stage.zero))
             diff = real.add(f, -1.0)

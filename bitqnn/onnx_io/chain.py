@@ -33,6 +33,7 @@ class Chain:
     shape: tuple[int, ...]
     quant: Quant
     layers: list[Layer] = field(default_factory=list)
+    scales: list[np.ndarray] = field(default_factory=list)  # the real step of each layer's output
 
     def push(self, node: onnx.NodeProto, layers: list[Layer], tensor: str, quant: Quant | None = None) -> str:
         """Append layers computed by `node`; the chain continues at `tensor`."""
@@ -45,6 +46,7 @@ class Chain:
         self.tensor = tensor
         if quant is not None:
             self.quant = quant
+        self.scales.extend(self.quant.scale.astype(np.float64) for _ in layers)
         return tensor
 
     def check_read(self, node: onnx.NodeProto, params: Quant) -> None:

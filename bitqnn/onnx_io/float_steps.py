@@ -3,7 +3,8 @@
 Where onnxruntime does not fuse a node into an integer kernel -- a DequantizeLinear -> Add ->
 QuantizeLinear island, or the Cast -> Mul -> Add -> QuantizeLinear tail of MatMulInteger --
 it runs plain IEEE float32 arithmetic, which numpy float32 reproduces bit for bit. A chain of
-such steps, read here from the graph, is an exact per-element function of its input.
+such steps, read here from the graph, is an exact per-element function of its input. The tail
+of a last MatMulInteger may also end at the graph output itself (`quant_linear`).
 """
 
 from __future__ import annotations
@@ -53,11 +54,13 @@ def apply_steps(steps: tuple[FloatStep, ...], values: np.ndarray, index: np.ndar
     return values
 
 
-def read_steps(graph: Graph, tensor: str, shape: tuple[int, ...]) -> tuple[tuple[FloatStep, ...], onnx.NodeProto]:
+def read_steps(graph: Graph, tensor: str, shape: tuple[int, ...],
+               to_output: bool = False) -> tuple[tuple[FloatStep, ...], onnx.NodeProto | None]:
     """Follow elementwise float nodes from `tensor` up to the QuantizeLinear that ends them.
 
     Any other node means onnxruntime computes something in float that has no exact integer
-    meaning here, and is rejected by name.
+    meaning here, and is rejected by name. With `to_output`, the steps may instead reach the
+    graph output (a float output), and the QuantizeLinear returned is None.
     """
     steps: list[FloatStep] = []
     node = graph.next_node(tensor)
@@ -65,7 +68,7 @@ def read_steps(graph: Graph, tensor: str, shape: tuple[int, ...]) -> tuple[tuple
         steps.extend(_node_steps(graph, node, tensor, shape))
         tensor = node.output[0]
         node = graph.next_node(tensor)
-    if node is None:
+    if node is None and not to_output:
         raise graph.fail(f"float tensor '{tensor}' reaches the graph output without a QuantizeLinear")
     return tuple(steps), node
 

@@ -7,6 +7,14 @@ QGemm, QLinearMatMul and QLinearConv requantize with one float32 multiplier per 
 through the float32 Cast -> Mul/Add/... -> QuantizeLinear nodes that follow them
 (`Float32ChainRequant`), which needs their scales to be constants -- dynamic quantization,
 whose scale depends on the input, has no such fixed meaning.
+
+The one float tail that ends at the graph output instead is an accumulator output, and only in
+the form Cast(float) -> [Add(integer bias)] -> [Mul(power-of-two scale)]: the graph's float output
+is (acc + bias) * scale, with a per-tensor or per-channel bias and scale (0 and 1 where the node is
+absent). It becomes the layer's integer bias, the identity output stage (the network outputs
+the accumulator) and the output scale. That float32 arithmetic is exact only while the
+accumulator, the bias and the bias-free product stay below 2**24 in magnitude, which depends
+on the whole network; `quantized` proves it over the input box once the network is read.
 """
 
 from __future__ import annotations
@@ -18,10 +26,14 @@ from onnx import TensorProto
 from bitqnn.onnx_io import layout
 from bitqnn.onnx_io.chain import Chain, Quant, quant_params, scalar, storage_range
 from bitqnn.onnx_io.float_steps import FloatStep, read_steps
+from bitqnn.onnx_io.fold_clamps import implied_clamp
 from bitqnn.onnx_io.ort_kernels import qlinear_multiplier
 from bitqnn.onnx_io.requant_ort import Float32ChainRequant
 from bitqnn.qnn import Conv2d, Dense, output_shape, storage_of_dtype
 from bitqnn.requant import Float32Requant, OutputStage
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # the accumulator's type, the range of an accumulator output
+FLOAT32_EXACT = 2**24  # every integer of smaller magnitude is a float32
 
 
 def qgemm(chain: Chain, node: onnx.NodeProto) -> str:
@@ -59,26 +71,25 @@ def qlinear_conv(chain: Chain, node: onnx.NodeProto) -> str:
 
 
 def matmul_integer(chain: Chain, node: onnx.NodeProto) -> str:
-    """MatMulInteger: a, b, a_zp, b_zp -> int32, then a float tail down to a QuantizeLinear."""
+    """MatMulInteger: a, b, a_zp, b_zp -> int32, then a float tail down to a QuantizeLinear or the output."""
     weight = _matrix(chain, node, 1, transposed=False)
-    stage, quant, tensor = _float_tail(chain, node, (weight.shape[0],))
+    stage, quant, tensor, bias = _float_tail(chain, node, (weight.shape[0],))
     layer = Dense(weight.astype(np.int64), _weight_zero(chain, node, 3, weight.shape[0]),
-                  _integer_input_zero(chain, node, 2), np.zeros(weight.shape[0], np.int64), stage,
-                  **_storage(weight, None))
+                  _integer_input_zero(chain, node, 2), bias, stage, **_storage(weight, None))
     return chain.push(node, [layer], tensor, quant)
 
 
 def conv_integer(chain: Chain, node: onnx.NodeProto) -> str:
-    """ConvInteger: x, w, x_zp, w_zp -> int32, then a float tail down to a QuantizeLinear."""
+    """ConvInteger: x, w, x_zp, w_zp -> int32, then a float tail down to a QuantizeLinear or the output."""
     graph = chain.graph
     weight = graph.require_constant(node, 1, "weight")
     conv = _conv_geometry(chain, node, weight)
     channels = weight.shape[0]
     probe = Conv2d(weight.astype(np.int64), np.zeros(1, np.int64), 0, np.zeros(channels, np.int64), None, **conv)
     out_shape = _shape_after(chain, node, probe)
-    stage, quant, tensor = _float_tail(chain, node, out_shape)
+    stage, quant, tensor, bias = _float_tail(chain, node, out_shape)
     layer = Conv2d(weight.astype(np.int64), _weight_zero(chain, node, 3, channels), _integer_input_zero(chain, node, 2),
-                   np.zeros(channels, np.int64), stage, **conv, **_storage(weight, None))
+                   bias, stage, **conv, **_storage(weight, None))
     return chain.push(node, [layer], tensor, quant)
 
 
@@ -123,22 +134,51 @@ def _qlinear_stage(chain: Chain, node: onnx.NodeProto, channels: int, y_index: i
 
 
 def _float_tail(chain: Chain, node: onnx.NodeProto, out_shape: tuple[int, ...]):
-    """Cast(float) -> elementwise float steps -> QuantizeLinear after an int32 accumulator."""
+    """Cast(float) -> elementwise float steps -> QuantizeLinear after an int32 accumulator, or the output.
+
+    Returns the output stage, the output quantization, the tensor the chain goes on from, and
+    the integer bias that the tail adds (zero unless it is an accumulator output).
+    """
     graph = chain.graph
     cast = graph.next_node(node.output[0])
     if cast is None or cast.op_type != "Cast" or graph.attributes(cast).get("to") != TensorProto.FLOAT:
         raise graph.fail("must be followed by a Cast to float and a float rescale down to a QuantizeLinear", node)
-    steps, quantize = read_steps(graph, cast.output[0], out_shape)
-    out = quant_params(graph, quantize, 1, 2)
-    steps = steps + (FloatStep("div", out.scale),)
+    steps, quantize = read_steps(graph, cast.output[0], out_shape, to_output=True)
+    if quantize is not None:
+        out = quant_params(graph, quantize, 1, 2)
+        steps = steps + (FloatStep("div", out.scale),)
     per_channel = [step.per_channel(out_shape[0]) for step in steps]
     if any(step is None for step in per_channel):
         raise graph.fail("is rescaled by a constant that varies inside an output channel", node)
+    if quantize is None:
+        return _accumulator_output(chain, node, tuple(per_channel), out_shape[0])
     try:
         requant = Float32ChainRequant(tuple(per_channel))
     except ValueError:
         raise graph.fail("is rescaled by a decreasing float step (a negative or reversed operand)", node) from None
-    return OutputStage(requant, out.zero, out.lo, out.hi), out, quantize.output[0]
+    stage = implied_clamp(OutputStage(requant, out.zero, out.lo, out.hi), out_shape[0])
+    return stage, out, quantize.output[0], np.zeros(out_shape[0], np.int64)
+
+
+def _accumulator_output(chain: Chain, node: onnx.NodeProto, steps: tuple[FloatStep, ...], channels: int):
+    """Cast -> [Add(integer bias)] -> [Mul(power of two)] as the graph output: the accumulator is the output."""
+    graph = chain.graph
+    ops = [step.op for step in steps]
+    if ops not in ([], ["add"], ["mul"], ["add", "mul"]):
+        raise graph.fail(f"reaches the graph output through float ops ({', '.join(ops)}); a float output must be "
+                         "the accumulator plus an integer bias times a power of two (Cast -> Add -> Mul)", node)
+    constants = {step.op: step.constant.astype(np.float64) for step in steps}
+    bias = constants.get("add", np.zeros(1))
+    scale = constants.get("mul", np.ones(1))
+    if np.any(np.abs(bias) >= FLOAT32_EXACT) or np.any(bias != np.round(bias)):
+        raise graph.fail("adds a bias to the accumulator that is not an integer below 2**24 in magnitude", node)
+    mantissa, exponent = np.frexp(scale)  # scale = 2**(exponent - 1) exactly when the mantissa is 1/2
+    if np.any(mantissa != 0.5) or np.any((exponent - 1 < -126) | (exponent - 1 > 103)):
+        raise graph.fail(f"scales the accumulator by {scale.tolist()}; an accumulator output needs a power of two "
+                         "in [2**-126, 2**103] (exact float32 products)", node)
+    quant = Quant(scale.astype(np.float32), 0, INT32_MIN, INT32_MAX)
+    bias = np.broadcast_to(bias.astype(np.int64), (channels,)).copy()
+    return OutputStage(None), quant, graph.output_name, bias
 
 
 def _shape_after(chain: Chain, node: onnx.NodeProto, layer: Conv2d) -> tuple[int, ...]:

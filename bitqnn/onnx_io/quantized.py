@@ -10,6 +10,11 @@ zero point is the type's minimum, and onnxruntime fuses the rest -- or sit in a 
 onnxruntime may run int8 activations on a uint8 grid; `regrid` moves the network's two ends
 back onto the grids the file declares, so inputs and outputs are the file's integers.
 
+The output is the final DequantizeLinear's grid, or, for a last MatMulInteger or ConvInteger
+whose float tail is the graph output (an accumulator output, `quant_linear`), the accumulator
+itself on the scale of that tail. Its float32 tail computes the accumulator exactly only below
+2**24 in magnitude, so interval bounds over the whole input box must show that it stays there.
+
 The accumulators are int32 and wrap like the hardware's (overflow="wrap"). The semantics
 string names the platform, because QLinearAdd's arithmetic differs between onnxruntime's
 x86-64 and ARM kernels. One corner depends on the batch size: a QLinearAdd whose constant
@@ -28,11 +33,15 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto
 
+from bitqnn.bounds import interval_bounds
 from bitqnn.onnx_io import layout, quant_elementwise, quant_linear, regrid
 from bitqnn.onnx_io.chain import Chain, Quant, quant_params, storage_range
+from bitqnn.onnx_io.fold_clamps import fold_clamps
 from bitqnn.onnx_io.graph import Graph
 from bitqnn.onnx_io.ort_fusion import fused_graph
-from bitqnn.qnn import QNN
+from bitqnn.onnx_io.quant_linear import FLOAT32_EXACT
+from bitqnn.qnn import QNN, Conv2d, Dense
+from bitqnn.query import Box
 from bitqnn.requant import Rounding
 
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QGemm", "QLinearMatMul", "QLinearConv", "QLinearAdd",
@@ -64,13 +73,16 @@ def import_quantized(graph: Graph) -> QNN:
     chain = Chain(fused, _input_tensor(fused), fused.input_dims()[0], executed_input)
     executed_output = _walk(chain)
     declared_output = declared_output or executed_output
-    layers = _declared_grids(graph, chain.layers, (executed_input, declared_input), (executed_output, declared_output))
-    return QNN(fused.input_dims()[0], declared_input.lo, declared_input.hi, tuple(layers),
-               input_scale=float(declared_input.scale[0]), input_zero=declared_input.zero,
-               output_scale=declared_output.scale.astype(np.float64), output_zero=declared_output.zero,
-               accumulator_bits=32, overflow="wrap", input_rounding=Rounding.HALF_EVEN,
-               semantics=semantics(), name=Path(graph.label).stem,
-               onnx_path=str(graph.path) if graph.path is not None else None)
+    layers, scales = fold_clamps(chain.layers, chain.scales)
+    layers = _declared_grids(graph, layers, (executed_input, declared_input), (executed_output, declared_output))
+    qnn = QNN(fused.input_dims()[0], declared_input.lo, declared_input.hi, tuple(layers),
+              input_scale=float(declared_input.scale[0]), input_zero=declared_input.zero,
+              output_scale=declared_output.scale.astype(np.float64), output_zero=declared_output.zero,
+              accumulator_bits=32, overflow="wrap", input_rounding=Rounding.HALF_EVEN,
+              semantics=semantics(), name=Path(graph.label).stem, layer_scales=tuple(scales),
+              onnx_path=str(graph.path) if graph.path is not None else None)
+    _check_accumulator_output(fused, qnn)
+    return qnn
 
 
 def _walk(chain: Chain) -> Quant:
@@ -95,6 +107,27 @@ def _walk(chain: Chain) -> Quant:
     return output_quant
 
 
+def _check_accumulator_output(graph: Graph, qnn: QNN) -> None:
+    """An accumulator output (identity last stage) must stay float32-exact over the whole input box.
+
+    The tail is Cast(A) -> + bias -> * 2**k with A the bias-free int32 product, so A, the bias
+    and acc = A + bias must all stay below 2**24 in magnitude (the bias was checked on reading).
+    """
+    index = len(qnn.layers) - 1
+    last = qnn.layers[index]
+    if not isinstance(last, Dense | Conv2d) or last.output.requant is not None:
+        return
+    box = Box(np.full(qnn.input_size, qnn.input_lo, np.int64), np.full(qnn.input_size, qnn.input_hi, np.int64))
+    bounds = interval_bounds(qnn, box).layers[index]
+    bias = last.bias[qnn.linear_form(index).channels]
+    reach = int(max(np.abs(bounds.acc_lo).max(), np.abs(bounds.acc_hi).max(),
+                    np.abs(bounds.acc_lo - bias).max(), np.abs(bounds.acc_hi - bias).max()))
+    if reach >= FLOAT32_EXACT:
+        raise graph.fail(f"outputs its last accumulator through float32, which is exact only below 2**24, and the "
+                         f"accumulators may reach magnitude {reach} over the input range",
+                         graph.producer(graph.output_name))
+
+
 def _input_tensor(graph: Graph) -> str:
     """The first integer tensor: the input itself, or the output of the QuantizeLinear reading it."""
     if graph.input_elem_type in INTEGER_INPUTS:
@@ -114,7 +147,7 @@ def _input_quant(graph: Graph) -> Quant:
 
 
 def _declared_output_quant(graph: Graph) -> Quant | None:
-    """The final DequantizeLinear's parameters as the file declares them (None for an integer output)."""
+    """The final DequantizeLinear's parameters as the file declares them (None for an integer or accumulator output)."""
     node = graph.producer(graph.output_name)
     if node is None or node.op_type != "DequantizeLinear":
         return None

@@ -9,7 +9,10 @@ A model whose output is a DequantizeLinear returns floats; the integers are reco
 inverting it, which is exact: q -> float32(q - zero) * scale is strictly increasing on the
 256 stored values (consecutive images are a whole scale apart, far more than one float32
 rounding), so rint(y / scale) + zero is its inverse, and re-dequantizing must reproduce y
-bit for bit or the run is rejected.
+bit for bit or the run is rejected. A model whose output is its last accumulator (a float
+acc * scale, `quant_linear`) inverts the same way: the scale is a power of two and |acc| <
+2**24, so y is exactly acc * scale, y / scale is acc exactly in float64, and float32(acc) *
+scale gives y back.
 """
 
 from __future__ import annotations

@@ -214,7 +214,26 @@ class ErrorBound:
         return self.term.network
 
 
-Property = Robust | Targeted | LinearProperty | ErrorBound
+@dataclass(frozen=True)
+class PatchItem:
+    """One name=amount of backdoor_free(...); names and units are checked by the compiler."""
+
+    name: str
+    value: Quantity
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class BackdoorFree:
+    """backdoor_free(NET, POINT, target=T, size=[h, w], ...): no trigger patch on POINT makes T win."""
+
+    network: Ident
+    base: Point
+    items: tuple[PatchItem, ...]
+    pos: Pos
+
+
+Property = Robust | Targeted | LinearProperty | ErrorBound | BackdoorFree
 
 
 # ---- fault models ----
@@ -394,7 +413,34 @@ class AuditStmt:
     pos: Pos
 
 
-Statement = OptionsStmt | NetworkStmt | LetStmt | RegionStmt | ProveStmt | BoundStmt | AuditStmt
+@dataclass(frozen=True)
+class Search:
+    """search [layer N] weights in [...], ...: the widths (or fraction bits) a layer may take."""
+
+    layer: Number | None  # None: every linear layer
+    choices: tuple[Option, ...]  # each value is a Vector
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class SynthStmt:
+    """synthesize NAME from FLOAT with fixed(...) { search / minimize / keep / write } [with ...].
+
+    `fixed` is the quantization every candidate shares; the searches say which per-layer widths
+    vary. Each keep is a ProveStmt about NAME, compiled again for every candidate.
+    """
+
+    name: Ident
+    fixed: Quantize
+    searches: tuple[Search, ...]
+    costs: tuple[Word, ...]  # the compiler takes at most one
+    keeps: tuple[ProveStmt, ...]
+    writes: tuple[String, ...]  # the compiler takes at most one
+    options: tuple[Option, ...]
+    pos: Pos
+
+
+Statement = OptionsStmt | NetworkStmt | LetStmt | RegionStmt | ProveStmt | BoundStmt | AuditStmt | SynthStmt
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ Statements are compiled in order, so a name must be defined before it is used; t
 `options` statements are the exception, applying to the whole spec wherever they stand.
 Each `prove` becomes one Obligation: a Query (network, integer input box, violation in
 DNF) plus the engine options that apply to it; `prove ... under bitflips(...)` wraps that
-Query, unchanged, in a FaultQuery with the fault model (compiled in spec/faults.py).
+Query, unchanged, in a FaultQuery with the fault model (compiled in spec/faults.py);
+`prove backdoor_free(...)` becomes a BackdoorQuery, one Query per patch location
+(compiled in spec/backdoor.py).
 Each `audit` becomes an Audit: one such FaultQuery per sample, for `bitqnn audit`.
 """
 
@@ -12,13 +14,15 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Collection
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from bitqnn.backdoor import BackdoorQuery
 from bitqnn.error_query import ErrorQuery
 from bitqnn.error_verify import ERROR_ENGINES
 from bitqnn.fault_verify import FAULT_ENGINES
@@ -29,6 +33,7 @@ from bitqnn.properties import robust_violation, targeted_violation
 from bitqnn.qnn import QNN, execute
 from bitqnn.query import Query, Violation
 from bitqnn.spec import ast
+from bitqnn.spec.backdoor import backdoor_query
 from bitqnn.spec.errors import SpecError
 from bitqnn.spec.faults import fault_model
 from bitqnn.spec.files import read_sample, read_samples, sample_index
@@ -37,11 +42,12 @@ from bitqnn.spec.networks import load_onnx, quantize
 from bitqnn.spec.options import POSITIVE, WORD, OptionKind, choice, read_options
 from bitqnn.spec.parser import parse_spec
 from bitqnn.spec.regions import Region, resolve
+from bitqnn.spec.synth import SynthesisSpec, compile_synthesis
 
 DEFAULT_OPTIONS: dict[str, object] = {"timeout": 60.0, "engine": "auto", "tiebreak": "strict"}
 ENGINE_OPTIONS = ("timeout", "engine")  # what travels with the query; tiebreak is part of the property
 
-Kind = Literal["robust", "targeted", "linear", "error", "bound"]
+Kind = Literal["robust", "targeted", "linear", "error", "bound", "backdoor"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,7 +62,7 @@ class Obligation:
     text: str
     pos: ast.Pos
     kind: Kind
-    query: Query | ErrorQuery | FaultQuery  # ErrorQuery for kinds error and bound
+    query: Query | ErrorQuery | FaultQuery | BackdoorQuery  # ErrorQuery for error and bound, BackdoorQuery for backdoor
     options: dict
 
 
@@ -78,10 +84,12 @@ class Audit:
 
 @dataclass(frozen=True, eq=False)
 class Compiled:
-    """A whole spec: `prove`/`bound` obligations for `bitqnn prove`, audits for `bitqnn audit`."""
+    """A whole spec: `prove`/`bound` obligations for `bitqnn prove`, audits for `bitqnn audit`,
+    syntheses for `bitqnn synthesize`."""
 
     obligations: list[Obligation]
     audits: list[Audit]
+    syntheses: list[SynthesisSpec] = field(default_factory=list)
 
 
 def compile_spec(path: str | Path, *, engines: Collection[str] | None = None) -> list[Obligation]:
@@ -95,15 +103,15 @@ def compile_file(path: str | Path, *, engines: Collection[str] | None = None) ->
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise SpecError(f"cannot read the spec: {err}", ast.Pos(str(path), 0, 0)) from err
-    return _compile_source(text, str(path), engines)
+    return compile_source(text, str(path), engines)
 
 
 def compile_text(text: str, filename: str, *, engines: Collection[str] | None = None) -> list[Obligation]:
     """Compile spec text as if it were the file `filename` (paths resolve next to it)."""
-    return _compile_source(text, filename, engines).obligations
+    return compile_source(text, filename, engines).obligations
 
 
-def _compile_source(text: str, filename: str, engines: Collection[str] | None) -> Compiled:
+def compile_source(text: str, filename: str, engines: Collection[str] | None) -> Compiled:
     spec = parse_spec(text, filename)
     try:
         return _Compiler(spec, Path(filename).parent, engines).run()
@@ -123,6 +131,15 @@ class _Scope:
             other, _, pos = self._entries[name.name]
             raise SpecError(f"'{name.name}' is already defined as a {other} on line {pos.line}", name.pos)
         self._entries[name.name] = (kind, value, name.pos)
+
+    @contextmanager
+    def bound(self, name: ast.Ident, kind: str, value: object):
+        """`name` defined only inside the block: a synthesize statement's candidate network."""
+        self.define(name, kind, value)
+        try:
+            yield
+        finally:
+            del self._entries[name.name]
 
     def get(self, name: ast.Ident, kind: str) -> object:
         entry = self._entries.get(name.name)
@@ -157,26 +174,34 @@ class _Compiler:
         statements = self.spec.statements
         spec_options = [o for s in statements if isinstance(s, ast.OptionsStmt) for o in s.options]
         defaults = {**DEFAULT_OPTIONS, **read_options(spec_options, self.schema, "options")}
-        obligations, audits = [], []
+        obligations, audits, syntheses = [], [], []
         for statement in statements:
             if isinstance(statement, ast.NetworkStmt):
                 self.scope.define(statement.name, "network", self._network(statement.source))
             elif isinstance(statement, ast.LetStmt):
                 self.scope.define(statement.name, "point", self._point(statement.point))
             elif isinstance(statement, ast.RegionStmt):
-                self.scope.define(statement.name, "region", self._region(statement.region))
-            elif isinstance(statement, ast.ProveStmt) and isinstance(statement.prop, ast.ErrorBound):
-                if statement.under is not None:
-                    raise SpecError("bit flips apply to robust, targeted and linear properties, not to an error "
-                                    "bound", statement.under.pos)
-                obligations.append(self._error(statement.prop.term, statement.prop.eps, statement, "error", defaults))
+                self.scope.define(statement.name, "region", self.region_of(statement.region))
             elif isinstance(statement, ast.ProveStmt):
-                obligations.append(self._prove(statement, defaults))
+                obligations.append(self.compile_prove(statement, defaults))
             elif isinstance(statement, ast.BoundStmt):
                 obligations.append(self._error(statement.term, None, statement, "bound", defaults))
             elif isinstance(statement, ast.AuditStmt):
                 audits.append(self._audit(statement, defaults))
-        return Compiled(obligations, audits)
+            elif isinstance(statement, ast.SynthStmt):
+                syntheses.append(compile_synthesis(self, statement, defaults))
+        return Compiled(obligations, audits, syntheses)
+
+    def compile_prove(self, statement: ast.ProveStmt, defaults: dict[str, object]) -> Obligation:
+        """Any `prove` (or a synthesize block's `keep`) as its obligation."""
+        if isinstance(statement.prop, ast.ErrorBound):
+            if statement.under is not None:
+                raise SpecError("bit flips apply to robust, targeted and linear properties, not to an error "
+                                "bound", statement.under.pos)
+            return self._error(statement.prop.term, statement.prop.eps, statement, "error", defaults)
+        if isinstance(statement.prop, ast.BackdoorFree):
+            return self._backdoor(statement, defaults)
+        return self._prove(statement, defaults)
 
     def _network(self, source: ast.Onnx | ast.Quantize) -> QNN | FloatNetwork:
         if isinstance(source, ast.Onnx):
@@ -190,7 +215,7 @@ class _Compiler:
             return np.array([float(n.value) for n in point.values], dtype=np.float64)
         return read_sample(point, self.base_dir)
 
-    def _region(self, region: ast.RegionUse) -> Region:
+    def region_of(self, region: ast.RegionUse) -> Region:
         if isinstance(region, ast.Ident):
             return self.scope.get(region, "region")
         return resolve(region, None if region.center is None else self._point(region.center))
@@ -205,7 +230,7 @@ class _Compiler:
     def _prove(self, statement: ast.ProveStmt, defaults: dict[str, object]) -> Obligation:
         prop = statement.prop
         network = self._quantized(prop.network, "prove")
-        region = self._region(prop.region)
+        region = self.region_of(prop.region)
         box = region.box(network, prop.network.name, statement.pos)
         own = read_options(statement.options, self.schema, "prove")
         if isinstance(prop, ast.LinearProperty) and "tiebreak" in own:
@@ -219,6 +244,21 @@ class _Compiler:
         if statement.under is not None:
             query = FaultQuery(query, fault_model(statement.under, prop.network, network), engine_options)
         return Obligation(statement.text, statement.pos, kind, query, engine_options)
+
+    def _backdoor(self, statement: ast.ProveStmt, defaults: dict[str, object]) -> Obligation:
+        """backdoor_free(...): the query per patch location, checked and built in spec/backdoor.py."""
+        prop = statement.prop
+        if statement.under is not None:
+            raise SpecError("bit flips apply to robust, targeted and linear properties, not to backdoor_free",
+                            statement.under.pos)
+        network = self._quantized(prop.network, "prove")
+        options = {**defaults, **read_options(statement.options, self.schema, "prove")}
+        engine_options = {name: options[name] for name in ENGINE_OPTIONS}
+        label = f"{statement.text} @ {statement.pos.file}:{statement.pos.line}"
+        query = backdoor_query(prop, network, self._point(prop.base),
+                               lambda number: _class(number, network.output_size, prop.network.name),
+                               options["tiebreak"], label, engine_options)
+        return Obligation(statement.text, statement.pos, "backdoor", query, engine_options)
 
     def _error(self, term: ast.ErrorTerm, eps: ast.Number | None, statement: ast.ProveStmt | ast.BoundStmt,
                kind: Kind, defaults: dict[str, object]) -> Obligation:
@@ -235,7 +275,7 @@ class _Compiler:
         except PairingError as error:
             raise SpecError(f"cannot compare '{term.network.name}' with '{term.float_net.name}': {error}",
                             term.pos) from None
-        box = self._region(term.region).box(qnn, term.network.name, statement.pos)
+        box = self.region_of(term.region).box(qnn, term.network.name, statement.pos)
         outputs = tuple(range(qnn.output_size))
         if term.output is not None:
             outputs = (_class(term.output, qnn.output_size, term.network.name),)

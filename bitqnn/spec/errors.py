@@ -92,12 +92,13 @@ _END = "$END"
 _TOKEN_FORMATS = {"NAME": "name '{}'", "NUMBER": "number {}", "STRING": "string {}", _END: "end of file"}
 _STATEMENT_KEYWORDS = ("options", "network", "let", "region", "prove", "bound")
 # keywords that are named in an expectation only when nothing else would do: after every
-# property 'under' may follow, and before every statement 'audit' (run by `bitqnn audit`, not
-# `prove`) may stand; listing them there would only lengthen each message. A misspelt one gets
-# its hint instead.
+# property 'under' may follow, and before every statement 'audit' and 'synthesize' (run by
+# `bitqnn audit` and `bitqnn synthesize`, not `prove`) may stand; listing them there would only
+# lengthen each message. A misspelt one gets its hint instead.
 _QUIET_HINTS = {
     "under": "a fault model follows 'under', as in: under bitflips(k=1, params=q.weights)",
     "audit": 'an audit reads: audit robust(q, radius=R) over sample "FILE" index A..B under bitflips(...)',
+    "synthesize": "a synthesis reads: synthesize q from f with fixed(...) { search ... keep ... }",
 }
 _QUIET_KEYWORDS = tuple(_QUIET_HINTS)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from bitqnn.floatnet import FloatConv2d, FloatDense, FloatNetwork
 from bitqnn.onnx_io import OnnxImportError, load_model
 from bitqnn.qnn import QNN
@@ -57,6 +59,16 @@ def _config_fields(settings: dict[str, object]) -> dict[str, object]:
 
 
 def quantize(source: ast.Quantize, base: QNN | FloatNetwork, base_dir: Path) -> QNN:
+    config, calibration = fixed_config(source, base, base_dir)
+    try:
+        return quantize_fixed_point(base, config, calibration)
+    except ValueError as err:
+        raise SpecError(f"cannot quantize '{source.base.name}': {err}", source.pos) from err
+
+
+def fixed_config(source: ast.Quantize, base: QNN | FloatNetwork,
+                 base_dir: Path) -> tuple[FixedPointConfig, np.ndarray | None]:
+    """The checked settings of `fixed(...)` and the calibration inputs it names."""
     if not isinstance(base, FloatNetwork):
         raise SpecError(f"'{source.base.name}' is already quantized; quantize takes a float network",
                         source.base.pos)
@@ -77,7 +89,4 @@ def quantize(source: ast.Quantize, base: QNN | FloatNetwork, base_dir: Path) -> 
         **_config_fields(settings),
         layers=tuple(LayerConfig(index, **_config_fields(values)) for index, values in sorted(layers.items())),
     )
-    try:
-        return quantize_fixed_point(base, config, calibration)
-    except ValueError as err:
-        raise SpecError(f"cannot quantize '{source.base.name}': {err}", source.pos) from err
+    return config, calibration

@@ -28,6 +28,8 @@ def _shown(value: ast.Value) -> str:
         return str(number.numerator) if number.denominator == 1 else str(float(number))
     if isinstance(value, ast.String):
         return f'"{value.text}"'
+    if isinstance(value, ast.Vector):
+        return "[" + ", ".join(_shown(number) for number in value.values) + "]"
     return value.text
 
 

@@ -147,6 +147,14 @@ class _ToAst(Transformer):
         term, eps = children
         return ast.ErrorBound(term, eps, self._pos(meta))
 
+    def backdoor_free(self, meta: Meta, children: list) -> ast.BackdoorFree:
+        network, base, *items = children
+        return ast.BackdoorFree(network, base, tuple(items), self._pos(meta))
+
+    def patch_item(self, meta: Meta, children: list) -> ast.PatchItem:
+        name, value = children
+        return ast.PatchItem(str(name), value, self._pos(meta))
+
     def bound_stmt(self, meta: Meta, children: list) -> ast.BoundStmt:
         term, *options = children
         written = strip_comments(self._source[meta.start_pos:meta.end_pos])
@@ -168,6 +176,42 @@ class _ToAst(Transformer):
     def sample_range(self, meta: Meta, children: list) -> ast.SampleRange:
         path, key, first, last = children
         return ast.SampleRange(path, key, first, last, self._pos(meta))
+
+    # ---- synthesis ----
+
+    def synth_stmt(self, meta: Meta, children: list) -> ast.SynthStmt:
+        name, base, fixed, *rest = children
+        options = tuple(c for c in rest if isinstance(c, ast.Option))
+        items = [c for c in rest if c is not None and not isinstance(c, ast.Option)]
+        layers = tuple(i for i in fixed if isinstance(i, ast.LayerOverride))
+        quantize = ast.Quantize(base, tuple(i for i in fixed if isinstance(i, ast.Option)), layers, base.pos)
+        return ast.SynthStmt(name, quantize, tuple(c for c in items if isinstance(c, ast.Search)),
+                             tuple(c for c in items if isinstance(c, ast.Word)),
+                             tuple(c for c in items if isinstance(c, ast.ProveStmt)),
+                             tuple(c for c in items if isinstance(c, ast.String)), options, self._pos(meta))
+
+    def synth_fixed(self, meta: Meta, items: list) -> list:
+        return items
+
+    def search(self, meta: Meta, children: list) -> ast.Search:
+        layer, *choices = children
+        return ast.Search(layer, tuple(choices), self._pos(meta))
+
+    def search_choice(self, meta: Meta, children: list) -> ast.Option:
+        name, values = children
+        return ast.Option(str(name), values, self._token_pos(name))
+
+    def minimize(self, meta: Meta, children: list) -> ast.Word:
+        return children[0]
+
+    def keep(self, meta: Meta, children: list) -> ast.ProveStmt:
+        """A `prove` of the candidate; its text keeps the `under` and `with` clauses for certificates."""
+        statement = self.prove_stmt(meta, children)
+        written = strip_comments(self._source[meta.start_pos:meta.end_pos]).strip()
+        return replace(statement, text=" ".join(written.removeprefix("keep").split()))
+
+    def write(self, meta: Meta, children: list) -> ast.String:
+        return children[0]
 
     # ---- fault models ----
 

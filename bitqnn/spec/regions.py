@@ -40,12 +40,12 @@ class Region:
         lo = _per_input(self.lo, n, _bound_pos(self.expr, "lo"), where)
         hi = _per_input(self.hi, n, _bound_pos(self.expr, "hi"), where)
         if self.center is None:
-            grid_lo, grid_hi = _grid(qnn, lo), _grid(qnn, hi)
+            grid_lo, grid_hi = grid(qnn, lo), grid(qnn, hi)
         elif self.steps:
-            center = _grid(qnn, self.center, margin=2 + int(max(np.abs(lo).max(), np.abs(hi).max())))
+            center = grid(qnn, self.center, margin=2 + int(max(np.abs(lo).max(), np.abs(hi).max())))
             grid_lo, grid_hi = center + lo, center + hi
         else:
-            grid_lo, grid_hi = _grid(qnn, self.center + lo), _grid(qnn, self.center + hi)
+            grid_lo, grid_hi = grid(qnn, self.center + lo), grid(qnn, self.center + hi)
         grid_lo = np.maximum(grid_lo, qnn.input_lo)
         grid_hi = np.minimum(grid_hi, qnn.input_hi)
         outside = np.flatnonzero(grid_lo > grid_hi)
@@ -60,7 +60,7 @@ class Region:
         return None if self.center is None else qnn.quantize_input(self.center)
 
 
-def _grid(qnn: QNN, real: np.ndarray, margin: int = 2) -> np.ndarray:
+def grid(qnn: QNN, real: np.ndarray, margin: int = 2) -> np.ndarray:
     """The network's own input quantizer with its saturation moved `margin` steps outwards.
 
     A value beyond the input range must stay recognisably beyond it (by more than any

@@ -1,0 +1,74 @@
+"""Clamps written apart from the requantization fold back into the layer's own clamp.
+
+A layer whose activations are narrower than their 8-bit storage (6-bit ReLU outputs kept in
+uint8, say) is written as the integer kernel, saturating to the storage type, followed by
+DequantizeLinear -> Clip -> QuantizeLinear on the same grid. The walk reads the island as a
+Lookup. When that Lookup is exactly a clamp of every value the layer can output, the two are
+one layer with a narrower clamp: the IR the quantizer itself builds, which is what lets a
+model be paired layer by layer with its float network. The check is exhaustive over the
+layer's output range, so the fold never changes a single output. A Clip inside a float
+requantization tail is the same clamp in another place; `implied_clamp` moves it into the
+stage's bounds, which are then the layer's real output range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from bitqnn.qnn import Conv2d, Dense, Layer, Lookup
+from bitqnn.requant import INT32_MAX, INT32_MIN, OutputStage
+
+
+def _clamp_bounds(layer: Dense | Conv2d, lookup: Lookup) -> tuple[int, int] | None:
+    """(a, b) when lookup(v) == clip(v, a, b) for every output v of the layer, else None."""
+    stage = layer.output
+    if stage.requant is None or stage.lo is None or stage.hi is None or lookup.table.shape[0] != 1:
+        return None
+    values = np.arange(stage.lo, stage.hi + 1, dtype=np.int64)
+    positions = values - lookup.input_lo
+    if positions.min() < 0 or positions.max() >= lookup.table.shape[1]:
+        return None
+    mapped = lookup.table[0, positions]
+    low, high = int(mapped.min()), int(mapped.max())
+    return (low, high) if np.array_equal(mapped, np.clip(values, low, high)) else None
+
+
+def fold_clamps(layers: list[Layer], scales: list[np.ndarray]) -> tuple[list[Layer], list[np.ndarray]]:
+    """The layers with every clamp-only Lookup merged into the linear layer before it.
+
+    `scales[i]` is the real step of layer i's output; a folded layer takes its Lookup's, the
+    scale of the tensor the next layer reads.
+    """
+    folded: list[Layer] = []
+    folded_scales: list[np.ndarray] = []
+    index = 0
+    while index < len(layers):
+        layer = layers[index]
+        following = layers[index + 1] if index + 1 < len(layers) else None
+        bounds = (_clamp_bounds(layer, following)
+                  if isinstance(layer, Dense | Conv2d) and isinstance(following, Lookup) else None)
+        if bounds is None:
+            folded.append(layer)
+            folded_scales.append(scales[index])
+            index += 1
+            continue
+        folded.append(replace(layer, output=replace(layer.output, lo=bounds[0], hi=bounds[1])))
+        folded_scales.append(scales[index + 1])
+        index += 2
+    return folded, folded_scales
+
+
+def implied_clamp(stage: OutputStage, channels: int) -> OutputStage:
+    """The stage with its bounds narrowed to what its requantization can reach at all.
+
+    Every requantization is non-decreasing in the accumulator, so over all int32 accumulators
+    channel c reaches exactly [R_c(INT32_MIN), R_c(INT32_MAX)]; bounds no output ever passes
+    change nothing.
+    """
+    every = np.arange(channels, dtype=np.int64)
+    low = int(stage.requant(np.full(channels, INT32_MIN, dtype=np.int64), every).min()) + stage.zero
+    high = int(stage.requant(np.full(channels, INT32_MAX, dtype=np.int64), every).max()) + stage.zero
+    return replace(stage, lo=low if stage.lo is None else max(stage.lo, low),
+                   hi=high if stage.hi is None else min(stage.hi, high))

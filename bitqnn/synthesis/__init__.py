@@ -1,0 +1,1 @@
+"""Certified quantization synthesis: the search space, costs, the search, and certificates."""
