@@ -125,8 +125,17 @@ class _Scope:
 
     def __init__(self) -> None:
         self._entries: dict[str, tuple[str, object, ast.Pos]] = {}
+        self._reserved: dict[str, str] = {}  # names no statement may define, and what they stand for
+
+    def reserve(self, name: ast.Ident, meaning: str) -> None:
+        """Keep `name` for a synthesize statement's candidates, which are bound to it only later."""
+        if name.name in self._reserved:
+            raise SpecError(f"'{name.name}' already names {self._reserved[name.name]}", name.pos)
+        self._reserved[name.name] = meaning
 
     def define(self, name: ast.Ident, kind: str, value: object) -> None:
+        if name.name in self._reserved:
+            raise SpecError(f"'{name.name}' names {self._reserved[name.name]}; choose another name", name.pos)
         if name.name in self._entries:
             other, _, pos = self._entries[name.name]
             raise SpecError(f"'{name.name}' is already defined as a {other} on line {pos.line}", name.pos)
@@ -135,11 +144,14 @@ class _Scope:
     @contextmanager
     def bound(self, name: ast.Ident, kind: str, value: object):
         """`name` defined only inside the block: a synthesize statement's candidate network."""
+        reserved = self._reserved.pop(name.name, None)
         self.define(name, kind, value)
         try:
             yield
         finally:
             del self._entries[name.name]
+            if reserved is not None:
+                self._reserved[name.name] = reserved
 
     def get(self, name: ast.Ident, kind: str) -> object:
         entry = self._entries.get(name.name)

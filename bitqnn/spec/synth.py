@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bitqnn.fault_verify import FAULT_ENGINES
+from bitqnn.faults import FaultQuery
 from bitqnn.floatnet import FloatConv2d, FloatDense, FloatNetwork
 from bitqnn.qnn import QNN
 from bitqnn.spec import ast
@@ -27,23 +29,25 @@ from bitqnn.synthesis.cost import COSTS
 from bitqnn.synthesis.search import Problem
 from bitqnn.synthesis.space import LayerChoices, SearchSpace
 
-MAX_WIDTH = 16
+MAX_WIDTH = 8  # what the written ONNX model stores (int8/uint8 tensors)
+MAX_FRACTION = 32
 DEFAULT_BUDGET = 600.0
 
 
-def _numbers(value: ast.Value, low: int | None, high: int | None) -> tuple[int, ...]:
+def _numbers(value: ast.Value, low: int, high: int) -> tuple[int, ...]:
+    """The listed whole numbers, each once, in the order written."""
     if not isinstance(value, ast.Vector):
         raise TypeError
     numbers = [n.value for n in value.values]
-    if any(n.denominator != 1 or (low is not None and n < low) or (high is not None and n > high) for n in numbers):
+    if any(n.denominator != 1 or not low <= n <= high for n in numbers):
         raise ValueError
-    return tuple(sorted({int(n) for n in numbers}))
+    return tuple(dict.fromkeys(int(n) for n in numbers))
 
 
 WIDTHS = OptionKind(f"a list of widths between 2 and {MAX_WIDTH}, as in [4, 6, 8]",
-                    lambda value: _numbers(value, 2, MAX_WIDTH))
-FRACTIONS = OptionKind("a list of whole numbers of fraction bits, as in [3, 4]",
-                       lambda value: _numbers(value, None, None))
+                    lambda value: tuple(sorted(_numbers(value, 2, MAX_WIDTH))))
+FRACTIONS = OptionKind(f"a list of whole numbers of fraction bits between -{MAX_FRACTION} and {MAX_FRACTION}, "
+                       "as in [3, 4]", lambda value: _numbers(value, -MAX_FRACTION, MAX_FRACTION))
 SEARCH_FIELDS = {"weights": WIDTHS, "activations": WIDTHS, "weight_frac": FRACTIONS, "activation_frac": FRACTIONS}
 
 
@@ -56,6 +60,7 @@ class SynthesisSpec:
     pos: ast.Pos
     problem: Problem
     keep_texts: tuple[str, ...]
+    keep_options: dict  # timeout, engine and tiebreak every keep starts from (its own `with` wins)
     write: Path | None  # the statement's output directory, resolved next to the spec
     definitions: str  # the spec's earlier option/network/let/region statements, as written
     spec_dir: Path
@@ -78,24 +83,36 @@ def compile_synthesis(compiler, statement: ast.SynthStmt, defaults: dict[str, ob
     if not statement.keeps:
         raise SpecError("a synthesize block needs at least one keep: the properties every candidate must keep",
                         statement.pos)
+    if config.input_bits != 8:
+        raise SpecError(f"synthesis writes an ONNX model with 8-bit inputs; set input=8 (not {config.input_bits})",
+                        statement.fixed.pos)
     space = _space(statement, float_net, config)
     problem = Problem(float_net, config, calibration, space, cost, lambda qnn: [], budget)
     try:
         reference = problem.quantize(space.largest())
-    except ValueError as err:
+    except (ValueError, ArithmeticError) as err:
         raise SpecError(f"cannot quantize '{statement.fixed.base.name}': {err}", statement.pos) from err
-    keeps = tuple(_with_float_label(compiler, keep, statement, float_net, reference) for keep in statement.keeps)
+    keeps = tuple(_with_float_label(compiler, keep, float_net, reference) for keep in statement.keeps)
 
     def obligations_for(qnn: QNN) -> list:
         with compiler.scope.bound(statement.name, "network", qnn):
             return [compiler.compile_prove(keep, keep_defaults) for keep in keeps]
 
-    obligations_for(reference)  # every error in a keep is reported now, with its position
+    for keep, obligation in zip(keeps, obligations_for(reference), strict=True):  # errors now, with positions
+        engine = obligation.options["engine"]
+        if isinstance(obligation.query, FaultQuery) and engine not in FAULT_ENGINES:
+            raise SpecError(f"engine {engine} does not analyse bit flips; give this keep `with engine=E` for E in "
+                            f"{', '.join(FAULT_ENGINES)}", keep.pos)
     problem = replace(problem, obligations_for=obligations_for)
+    undeliverable = problem.undeliverable(reference)
+    if undeliverable is not None:
+        raise SpecError(f"the widest candidate cannot be written as an ONNX model bitqnn re-proves: {undeliverable}",
+                        statement.pos)
+    compiler.scope.reserve(statement.name, f"the candidates of the synthesize statement on line {statement.pos.line}")
     write = None if not statement.writes else compiler.base_dir / statement.writes[0].text
     text = f"synthesize {statement.name.name} from {statement.fixed.base.name}"
     return SynthesisSpec(statement.name.name, text, statement.pos, problem, tuple(k.text for k in statement.keeps),
-                         write, _definitions(compiler.spec, statement), compiler.base_dir)
+                         keep_defaults, write, _definitions(compiler.spec, statement), compiler.base_dir)
 
 
 def _space(statement: ast.SynthStmt, float_net: FloatNetwork, config) -> SearchSpace:
@@ -139,12 +156,13 @@ def _accumulator_output(config, search: ast.Search, n_linear: int) -> bool:
             and int(search.layer.value) == n_linear - 1)
 
 
-def _with_float_label(compiler, keep: ast.ProveStmt, statement: ast.SynthStmt, float_net: FloatNetwork,
-                      reference: QNN) -> ast.ProveStmt:
+def _with_float_label(compiler, keep: ast.ProveStmt, float_net: FloatNetwork, reference: QNN) -> ast.ProveStmt:
     prop = keep.prop
     if not isinstance(prop, ast.Robust) or prop.label is not None:
         return keep
-    center = compiler.region_of(prop.region).center_on(reference)
+    region = compiler.region_of(prop.region)
+    region.box(reference, prop.network.name, keep.pos)  # a malformed region is reported as such first
+    center = region.center_on(reference)
     if center is None:
         raise SpecError("this region has no centre point to take the float network's label from; give label=N",
                         prop.pos)
@@ -153,7 +171,8 @@ def _with_float_label(compiler, keep: ast.ProveStmt, statement: ast.SynthStmt, f
 
 
 def _definitions(spec: ast.Spec, statement: ast.SynthStmt) -> str:
-    """The source of every options/network/let/region statement before this one, comments dropped."""
+    """The source of every network/let/region statement before this one, comments dropped (the
+    options every keep starts from are written out whole, wherever the spec set them)."""
     lines = spec.source.splitlines(keepends=True)
     offsets = np.cumsum([0] + [len(line) for line in lines])
     starts = [int(offsets[s.pos.line - 1]) + s.pos.column - 1 for s in spec.statements] + [len(spec.source)]
@@ -161,7 +180,7 @@ def _definitions(spec: ast.Spec, statement: ast.SynthStmt) -> str:
     for index, s in enumerate(spec.statements):
         if s is statement:
             break
-        if isinstance(s, ast.OptionsStmt | ast.NetworkStmt | ast.LetStmt | ast.RegionStmt):
+        if isinstance(s, ast.NetworkStmt | ast.LetStmt | ast.RegionStmt):
             kept.append(" ".join(strip_comments(spec.source[starts[index]:starts[index + 1]]).split()))
     return "\n".join(kept)
 

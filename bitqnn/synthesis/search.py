@@ -30,6 +30,7 @@ from bitqnn.qnn import QNN, execute
 from bitqnn.quantize import FixedPointConfig, quantize_fixed_point
 from bitqnn.query import Query
 from bitqnn.synthesis.cost import COSTS, layer_sizes
+from bitqnn.synthesis.deploy import delivery_problem
 from bitqnn.synthesis.propose import open_cases, per_layer_proposal
 from bitqnn.synthesis.space import Candidate, SearchSpace
 from bitqnn.verify import Result
@@ -46,6 +47,10 @@ class Problem:
     cost: str
     obligations_for: Callable[[QNN], list]
     budget: float  # seconds for the whole search
+    deliverable: bool = True  # certified candidates must also export and re-import (`deploy`)
+
+    def undeliverable(self, qnn: QNN) -> str | None:
+        return delivery_problem(qnn, self.obligations_for) if self.deliverable else None
 
     def quantize(self, candidate: Candidate) -> QNN:
         return quantize_fixed_point(self.float_net, candidate.config(self.base), self.calibration)
@@ -89,7 +94,8 @@ def refutes(obligation, witness: np.ndarray) -> bool:
         x = witness.reshape(1, -1)
         return query.region.contains(x) and query.check_witness(x, execute(query.network, x))
     if isinstance(query, ErrorQuery):
-        return query.region.contains(witness) and float(np.max(query.errors(witness.reshape(1, -1)))) > query.eps
+        errors = np.abs(query.errors(witness.reshape(1, -1)))  # signed: QNN minus float
+        return query.region.contains(witness) and float(np.max(errors)) > query.eps
     if isinstance(query, BackdoorQuery):  # the triggered input, tried at every patch location
         x = witness.reshape(1, -1)
         return (any(query.query(location).region.contains(x) for location in query.locations)
@@ -185,16 +191,31 @@ class Synthesizer:
                 self.open_counts[candidate] = open_cases(obligations)
         return self.open_counts[candidate]
 
-    def attempt(self, candidate: Candidate, stage: str) -> Attempt:
+    def attempt(self, widths: Candidate, stage: str) -> Attempt:
+        """These widths with their first fraction choices, then each other one, until one certifies."""
+        first = self._attempt_one(widths, stage)
+        if first.status == "certified":
+            return first
+        for candidate in self.problem.space.fraction_variants(widths):
+            if candidate in self.attempts or self.remaining() <= 0:
+                continue
+            if (attempt := self._attempt_one(candidate, stage)).status == "certified":
+                return attempt
+        return first
+
+    def _attempt_one(self, candidate: Candidate, stage: str) -> Attempt:
         attempt = Attempt(candidate, self.problem.cost_of(candidate), stage)
         self.attempts[candidate] = attempt
         began = time.perf_counter()
         try:
             qnn = self.problem.quantize(candidate)
-        except ValueError as error:
-            attempt.status, attempt.reason = "invalid", f"cannot quantize: {error}"
-        else:
             self._certify(attempt, self.problem.obligations_for(qnn))
+            problem = self.problem.undeliverable(qnn) if attempt.status == "certified" else None
+        except (ValueError, ArithmeticError) as error:  # a setting this network cannot take
+            attempt.status, attempt.reason = "invalid", f"{type(error).__name__}: {error}"
+        else:
+            if problem is not None:
+                attempt.status, attempt.reason = "invalid", f"certified, but cannot be delivered: {problem}"
         attempt.seconds = time.perf_counter() - began
         attempt.finished_at = time.perf_counter() - self.start
         why = f" -- {attempt.reason}" if attempt.reason else ""

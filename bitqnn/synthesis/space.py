@@ -46,12 +46,10 @@ class Candidate:
         return widths.pop() if len(widths) == 1 else None
 
 
-FIELDS = ("weights", "activations", "weight_frac", "activation_frac")
-
-
 @dataclass(frozen=True)
 class LayerChoices:
-    """The values each field of one layer may take; widths ascending, fraction bits as given."""
+    """The values each field of one layer may take; widths ascending, fraction bits in the spec's
+    order (the first is tried first)."""
 
     weights: tuple[int, ...]
     activations: tuple[int, ...]  # empty for an accumulator output
@@ -82,21 +80,32 @@ class SearchSpace:
                                 for c in self.layers)) for w in sorted(common)]
 
     def neighbours(self, candidate: Candidate) -> list[Candidate]:
-        """Candidates one change away: one layer's width one choice lower, or another fraction choice."""
+        """Candidates one width change away: one layer's weights or activations one choice lower."""
         found = []
         for index, (setting, choices) in enumerate(zip(candidate.layers, self.layers, strict=True)):
-            for field in FIELDS:
-                options = getattr(choices, field)
+            for field in ("weights", "activations"):
                 current = getattr(setting, field)
-                if current is None and field == "activations":
+                if current is None:
                     continue
+                options = getattr(choices, field)
                 position = options.index(current)
-                if field in ("weights", "activations"):
-                    moves = options[position - 1:position] if position > 0 else ()
-                else:
-                    moves = options[:position] + options[position + 1:]
-                for value in moves:
+                if position > 0:
                     layers = list(candidate.layers)
-                    layers[index] = replace(setting, **{field: value})
+                    layers[index] = replace(setting, **{field: options[position - 1]})
                     found.append(Candidate(tuple(layers)))
+        return found
+
+    def fraction_variants(self, candidate: Candidate) -> list[Candidate]:
+        """The same widths with one layer's weight or activation fraction bits another choice,
+        in the order the spec lists them."""
+        found = []
+        for index, (setting, choices) in enumerate(zip(candidate.layers, self.layers, strict=True)):
+            for field in ("weight_frac", "activation_frac"):
+                if field == "activation_frac" and setting.activations is None:
+                    continue
+                for value in getattr(choices, field):
+                    if value != getattr(setting, field):
+                        layers = list(candidate.layers)
+                        layers[index] = replace(setting, **{field: value})
+                        found.append(Candidate(tuple(layers)))
         return found
