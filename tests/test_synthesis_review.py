@@ -280,9 +280,6 @@ def linear_hidden_qnn(activations: int, rounding: Rounding = Rounding.HALF_EVEN,
     return net, quantize_fixed_point(net, config, rng.uniform(0, 1, (50, 4)))
 
 
-@pytest.mark.xfail(strict=True, reason="export.py writes a signed 8-bit hidden layer as QDQ Gemm -> "
-                   "QuantizeLinear(int8) read directly by MatMulInteger; onnxruntime does not fuse that Gemm, "
-                   "and the importer refuses the float Gemm (synthesis marks such a candidate undeliverable)")
 def test_a_signed_8_bit_hidden_layer_before_an_accumulator_output_reimports(tmp_path):
     _, qnn = linear_hidden_qnn(8)
     path = tmp_path / "m.onnx"

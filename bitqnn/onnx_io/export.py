@@ -119,16 +119,24 @@ def fixed_point_model(qnn: QNN) -> onnx.ModelProto:
     builder = _Builder()
     grid = _Grid(float(qnn.input_scale), *_storage_of(qnn.input_lo, qnn.input_hi, "the input"))
     tensor = builder.quantize(INPUT_NAME, grid, "input_q")
-    encodings = []
+    plans = []
     for index, layer in enumerate(qnn.layers):
         acc_lo, acc_hi = bounds.layers[index].acc_lo, bounds.layers[index].acc_hi
         if index == len(qnn.layers) - 1 and layer.output.requant is None:
-            plan = _plan_accumulator_output(qnn, index, layer, grid, acc_lo, acc_hi)
+            plans.append(_plan_accumulator_output(qnn, index, layer, grid, acc_lo, acc_hi))
         else:
-            plan = _plan_layer(qnn, index, layer, grid, acc_lo, acc_hi)
+            plans.append(_plan_layer(qnn, index, layer, grid, acc_lo, acc_hi))
+        grid = plans[-1].output
+    for index in range(len(plans) - 1):  # see _unfused
+        if _unfused(plans[index], plans[index + 1]):
+            layer, bounds_here = qnn.layers[index], bounds.layers[index]
+            plans[index] = _plan_layer(qnn, index, layer, plans[index].input, bounds_here.acc_lo, bounds_here.acc_hi,
+                                       allow_qdq=False)
+    encodings = []
+    for plan in plans:
         tensor = plan.emit(builder, tensor)
         grid = plan.output
-        encodings.append(f"layer {index}: {plan.describe()}")
+        encodings.append(f"layer {plan.index}: {plan.describe()}")
     if grid is not None:  # else the last layer wrote the float output itself
         builder.node("DequantizeLinear", [tensor, *builder.grid_params(grid)], [OUTPUT_NAME], "output_dq")
     graph = helper.make_graph(
@@ -351,8 +359,16 @@ def _plan_accumulator_output(qnn: QNN, index: int, layer: Dense, grid: _Grid, ac
     return _AccumulatorPlan(index, layer, grid, scale)
 
 
+def _unfused(plan: _LayerPlan, following: _LayerPlan | _AccumulatorPlan) -> bool:
+    """A QDQ Gemm whose signed 8-bit output an integer matmul reads directly (no Clip island in
+    between) is left unfused by onnxruntime, which then runs that Gemm in float: such a layer
+    takes the integer-matmul form too."""
+    reads_integer = isinstance(following, _AccumulatorPlan) or following.offsets is not None
+    return plan.offsets is None and plan.clamp is None and np.dtype(plan.output.dtype) == np.int8 and reads_integer
+
+
 def _plan_layer(qnn: QNN, index: int, layer: Dense, grid: _Grid, acc_lo: np.ndarray,
-                acc_hi: np.ndarray) -> _LayerPlan:
+                acc_hi: np.ndarray, allow_qdq: bool = True) -> _LayerPlan:
     """Choose the first encoding that is exact on every reachable accumulator, or raise ExportError."""
     where = f"layer {index}"
     _check_dense(layer, where, acc_lo, acc_hi)
@@ -388,7 +404,7 @@ def _plan_layer(qnn: QNN, index: int, layer: Dense, grid: _Grid, acc_lo: np.ndar
     plan = _LayerPlan(index, layer, grid, output, weight_scale, clamp, None,
                       f"QDQ Gemm (onnxruntime QGemm, float32 multiplier 2**{-shift}, round half even)")
     mismatch = _first_mismatch(original, _qgemm_stage(plan), acc_lo, acc_hi)
-    if mismatch is None and _clip_island_is_exact(plan):
+    if allow_qdq and mismatch is None and _clip_island_is_exact(plan):
         return plan
     offsets = np.zeros(layer.bias.shape, np.float64)
     for channel in range(layer.bias.size):
