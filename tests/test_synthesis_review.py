@@ -289,10 +289,6 @@ def test_a_signed_8_bit_hidden_layer_before_an_accumulator_output_reimports(tmp_
     assert np.array_equal(execute(load_model(path), x), execute(qnn, x))
 
 
-@pytest.mark.xfail(strict=True, reason="onnxruntime rewrites the signed hidden tensor to uint8 (zero 128) but the "
-                   "Clip island's QuantizeLinear stays int8, so the island is v -> clip(v - 128, -32, 31); "
-                   "fold_clamps only folds a pure clamp, leaves a Lookup, and the model no longer pairs with its "
-                   "float network (synthesis marks such a candidate undeliverable when an error bound is kept)")
 def test_a_narrow_signed_hidden_layer_reimports_pairable(tmp_path):
     net, qnn = linear_hidden_qnn(6)
     path = tmp_path / "m.onnx"

@@ -3,12 +3,13 @@
 A layer whose activations are narrower than their 8-bit storage (6-bit ReLU outputs kept in
 uint8, say) is written as the integer kernel, saturating to the storage type, followed by
 DequantizeLinear -> Clip -> QuantizeLinear on the same grid. The walk reads the island as a
-Lookup. When that Lookup is exactly a clamp of every value the layer can output, the two are
-one layer with a narrower clamp: the IR the quantizer itself builds, which is what lets a
-model be paired layer by layer with its float network. The check is exhaustive over the
-layer's output range, so the fold never changes a single output. A Clip inside a float
-requantization tail is the same clamp in another place; `implied_clamp` moves it into the
-stage's bounds, which are then the layer's real output range.
+Lookup. When that Lookup is exactly a clamp of every value the layer can output (after a
+constant shift of the grid), the two are one layer with a narrower clamp: the IR the
+quantizer itself builds, which is what lets a model be paired layer by layer with its float
+network. The check is exhaustive over the layer's output range, so the fold never changes a
+single output. A Clip inside a float requantization tail is the same clamp in another place;
+`implied_clamp` moves it into the stage's bounds, which are then the layer's real output
+range.
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ from bitqnn.qnn import Conv2d, Dense, Layer, Lookup
 from bitqnn.requant import INT32_MAX, INT32_MIN, OutputStage
 
 
-def _clamp_bounds(layer: Dense | Conv2d, lookup: Lookup) -> tuple[int, int] | None:
-    """(a, b) when lookup(v) == clip(v, a, b) for every output v of the layer, else None."""
+def _shifted_clamp(layer: Dense | Conv2d, lookup: Lookup) -> tuple[int, int, int] | None:
+    """(d, a, b) when lookup(v) == clip(v + d, a, b) for every output v of the layer, else None.
+
+    d is nonzero when onnxruntime ran the layer on a uint8 grid (zero point 128) and the island
+    quantizes back to the int8 grid the file declares.
+    """
     stage = layer.output
     if stage.requant is None or stage.lo is None or stage.hi is None or lookup.table.shape[0] != 1:
         return None
@@ -32,7 +37,9 @@ def _clamp_bounds(layer: Dense | Conv2d, lookup: Lookup) -> tuple[int, int] | No
         return None
     mapped = lookup.table[0, positions]
     low, high = int(mapped.min()), int(mapped.max())
-    return (low, high) if np.array_equal(mapped, np.clip(values, low, high)) else None
+    inside = (mapped > low) & (mapped < high)
+    shift = int(mapped[inside][0] - values[inside][0]) if inside.any() else int(mapped[0] - values[0])
+    return (shift, low, high) if np.array_equal(mapped, np.clip(values + shift, low, high)) else None
 
 
 def fold_clamps(layers: list[Layer], scales: list[np.ndarray]) -> tuple[list[Layer], list[np.ndarray]]:
@@ -47,14 +54,18 @@ def fold_clamps(layers: list[Layer], scales: list[np.ndarray]) -> tuple[list[Lay
     while index < len(layers):
         layer = layers[index]
         following = layers[index + 1] if index + 1 < len(layers) else None
-        bounds = (_clamp_bounds(layer, following)
-                  if isinstance(layer, Dense | Conv2d) and isinstance(following, Lookup) else None)
-        if bounds is None:
+        fold = (_shifted_clamp(layer, following)
+                if isinstance(layer, Dense | Conv2d) and isinstance(following, Lookup) else None)
+        if fold is None:
             folded.append(layer)
             folded_scales.append(scales[index])
             index += 1
             continue
-        folded.append(replace(layer, output=replace(layer.output, lo=bounds[0], hi=bounds[1])))
+        # clip(clip(R + z, lo, hi) + d, a, b) == clip(R + z + d, max(lo + d, a), min(hi + d, b))
+        shift, low, high = fold
+        stage = layer.output
+        folded.append(replace(layer, output=replace(stage, zero=stage.zero + shift, lo=max(stage.lo + shift, low),
+                                                    hi=min(stage.hi + shift, high))))
         folded_scales.append(scales[index + 1])
         index += 2
     return folded, folded_scales
