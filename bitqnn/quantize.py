@@ -84,6 +84,11 @@ def fraction_bits_for(max_abs: float, bits: int, signed: bool) -> int:
     return magnitude_bits - max(math.ceil(math.log2(max_abs * (1 + 2**-20))), -64)
 
 
+def weight_fraction_bits(weight: np.ndarray, bits: int, chosen: int | None) -> int:
+    """The fraction bits a layer's weights get: the chosen ones, else the most that fit."""
+    return fraction_bits_for(float(np.abs(weight).max()), bits, signed=True) if chosen is None else chosen
+
+
 def _float_interval_maxima(net: FloatNetwork, lo: float, hi: float) -> list[float]:
     """Max |output| of every layer over the input box, by interval arithmetic (sound, loose)."""
     n = int(np.prod(net.input_shape))
@@ -143,9 +148,7 @@ def quantize_fixed_point(net: FloatNetwork, config: FixedPointConfig,
 
 def _quantize_linear(layer: FloatDense | FloatConv2d, settings: LayerConfig, config: FixedPointConfig,
                      frac_in: int, max_out: float, last: bool) -> tuple[Dense | Conv2d, int]:
-    w_frac = settings.weight_frac
-    if w_frac is None:
-        w_frac = fraction_bits_for(float(np.abs(layer.weight).max()), settings.weights, signed=True)
+    w_frac = weight_fraction_bits(layer.weight, settings.weights, settings.weight_frac)
     weight = to_fixed(layer.weight, w_frac, settings.weights, True, config.weight_rounding)
     acc_frac = w_frac + frac_in
     bias_frac = acc_frac if settings.bias_frac is None else settings.bias_frac

@@ -18,7 +18,7 @@ import numpy as np
 from bitqnn.floatnet import FloatConv2d, FloatDense
 from bitqnn.outcome import Verdict
 from bitqnn.qnn import QNN, Conv2d, Dense
-from bitqnn.quantize import fraction_bits_for
+from bitqnn.quantize import weight_fraction_bits
 from bitqnn.spec.synth import SynthesisSpec, relocate_paths
 from bitqnn.synthesis.deploy import deliver
 from bitqnn.synthesis.search import Attempt, Synthesis
@@ -39,9 +39,7 @@ def layer_table(spec: SynthesisSpec, attempt: Attempt, qnn: QNN) -> list[dict]:
     scales = qnn.layer_scales or ()
     linear_positions = [i for i, layer in enumerate(qnn.layers) if isinstance(layer, Dense | Conv2d)]
     for index, (setting, layer) in enumerate(zip(attempt.candidate.layers, dense, strict=True)):
-        weight_frac = setting.weight_frac
-        if weight_frac is None:
-            weight_frac = fraction_bits_for(float(np.abs(layer.weight).max()), setting.weights, signed=True)
+        weight_frac = weight_fraction_bits(layer.weight, setting.weights, setting.weight_frac)
         activation_frac = None
         if setting.activations is not None and scales:
             activation_frac = int(round(-np.log2(float(scales[linear_positions[index]][0]))))

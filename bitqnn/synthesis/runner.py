@@ -14,12 +14,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from bitqnn.answer import Answerer
+from bitqnn.cli import EXIT_PROVED, EXIT_UNKNOWN
 from bitqnn.outcome import Verdict
 from bitqnn.spec.synth import SynthesisSpec
 from bitqnn.synthesis.certificate import Certificate, write_certificate
 from bitqnn.synthesis.search import Synthesizer
-
-EXIT_CERTIFIED, EXIT_NOTHING = 0, 20  # a mismatch raises, and the CLI exits 3
 
 
 class CertificateMismatch(RuntimeError):
@@ -50,7 +49,8 @@ def run_syntheses(syntheses: list[SynthesisSpec], out: Path | None, budget: floa
             print(_summary(certificate))
     if as_json:
         print(json.dumps([c.data for c in certificates], indent=2))
-    return EXIT_CERTIFIED if all(c.reverified for c in certificates) else EXIT_NOTHING
+    # a mismatch has raised by now, and the CLI turns it into exit code 3
+    return EXIT_PROVED if all(c.reverified for c in certificates) else EXIT_UNKNOWN
 
 
 def _check_agreement(certificate: Certificate) -> None:

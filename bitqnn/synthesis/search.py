@@ -65,7 +65,7 @@ class Attempt:
 
     candidate: Candidate
     cost: float
-    stage: str  # "uniform" or "descent"
+    stage: str  # "uniform", "proposal" or "descent"
     status: str = "unknown"
     reason: str = ""
     results: dict[int, Result] = field(default_factory=dict)  # kept property index -> its answer
@@ -98,8 +98,8 @@ def refutes(obligation, witness: np.ndarray) -> bool:
         return query.region.contains(witness) and float(np.max(errors)) > query.eps
     if isinstance(query, BackdoorQuery):  # the triggered input, tried at every patch location
         x = witness.reshape(1, -1)
-        return (any(query.query(location).region.contains(x) for location in query.locations)
-                and bool(query.violation.holds(execute(query.network, x))[0]))
+        outputs = execute(query.network, x)
+        return any(query.query(location).check_witness(x, outputs) for location in query.locations)
     return False  # a bit-flip witness names flips of one candidate's parameters: not transferable
 
 
@@ -185,7 +185,7 @@ class Synthesizer:
         if candidate not in self.open_counts:
             try:
                 obligations = self.problem.obligations_for(self.problem.quantize(candidate))
-            except ValueError:
+            except (ValueError, ArithmeticError):  # as in _attempt_one: a setting this network cannot take
                 self.open_counts[candidate] = sys.maxsize
             else:
                 self.open_counts[candidate] = open_cases(obligations)
