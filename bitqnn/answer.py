@@ -13,6 +13,12 @@ from bitqnn.verify import Result, verify
 ERROR_KINDS = ("error", "bound")  # statements about quantization error, answered by error_verify
 
 
+def wall_time_allowed(obligation, timeout: float) -> float:
+    """How long answering may take: an `error` statement that does not prove goes on to
+    compute its tightest bound with the same timeout again (`error_verify.error_result`)."""
+    return 2 * timeout if obligation.kind == "error" else timeout
+
+
 class Answerer:
     """Answers obligations, building each query engine once and reusing it."""
 

@@ -123,19 +123,30 @@ def run_benchmark(args: argparse.Namespace) -> int:
         summary = summarize_engine(results)
         summary["timeout_s"] = timeout
         summary["wall_s"] = time.perf_counter() - started
-        summary["by_radius"] = {r: summarize_engine([res for res, q in zip(results, queries, strict=True)
-                                                     if q.label.endswith(f"radius {r}")]) for r in radii}
+        summary["by_radius"] = by_radius(results, queries, radii)
         report["engines"][engine] = summary
-        per_query[engine] = [{"query": q.label, "verdict": r.verdict.value, "seconds": r.seconds,
-                              "decided_by": r.engine}
-                             for q, r in zip(queries, results, strict=True)]
+        per_query[engine] = query_rows(queries, results)
     _print_table(report, engines)
     _check_agreement(per_query)
-    out = Path(args.out)
+    write_report(args.out, report, per_query)
+    return 0
+
+
+def by_radius(results: list[Result], queries: list[Query], radii: list[int]) -> dict:
+    return {r: summarize_engine([res for res, q in zip(results, queries, strict=True)
+                                 if q.label.endswith(f"radius {r}")]) for r in radii}
+
+
+def query_rows(queries: list[Query], results: list[Result]) -> list[dict]:
+    return [{"query": q.label, "verdict": r.verdict.value, "seconds": r.seconds, "decided_by": r.engine}
+            for q, r in zip(queries, results, strict=True)]
+
+
+def write_report(path: str, report: dict, per_query: dict) -> None:
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({**report, "per_query": per_query}, indent=2))
     print(f"wrote {out}")
-    return 0
 
 
 def _print_table(report: dict, engines: list[str]) -> None:

@@ -16,12 +16,15 @@ import numpy as np
 from bitqnn.answer import ERROR_KINDS
 from bitqnn.bench_bitflip import add_arguments as add_bitflip_arguments
 from bitqnn.bench_error import add_arguments as add_error_arguments
+from bitqnn.bench_speed import add_arguments as add_speed_arguments
 from bitqnn.bench_synth import add_arguments as add_synth_arguments
 from bitqnn.engines.registry import ENGINE_NAMES
 from bitqnn.error_verify import ERROR_ENGINES
+from bitqnn.executor import EXECUTORS, default_jobs
 from bitqnn.fault_verify import FAULT_ENGINES
 from bitqnn.faults import FaultQuery
 from bitqnn.outcome import Verdict
+from bitqnn.pieces import SPLITS
 from bitqnn.qnn import AccumulatorOverflow
 
 EXIT_PROVED, EXIT_FALSIFIED, EXIT_UNKNOWN, EXIT_INPUT, EXIT_INTERNAL = 0, 10, 20, 2, 3
@@ -59,14 +62,26 @@ def cmd_prove(args: argparse.Namespace) -> int:
     plain = [o for o in obligations if o.kind not in (*ERROR_KINDS, "backdoor") and not isinstance(o.query, FaultQuery)]
     if args.smtlib:
         _export_smtlib(plain, Path(args.smtlib))
-    answer = Answerer(args.workers)
-    results = []
-    for number, obligation in enumerate(obligations, start=1):
-        engine = args.engine or obligation.options["engine"]
-        timeout = args.timeout or obligation.options["timeout"]
-        print(f"[{number}/{len(obligations)}] {obligation.query.label} ({engine}, {timeout:g}s) ...",
-              file=sys.stderr, flush=True)
-        results.append(answer(obligation, engine, timeout))
+    for flag, value in (("--jobs", args.jobs), ("--workers", args.workers), ("--split-region", args.split_region)):
+        if value is not None and value < 1:
+            raise InputError(f"{flag} must be at least 1, got {value}")
+    race = tuple(name for name in args.race.split(",") if name)
+    for name in race:
+        if name not in ENGINE_NAMES:
+            raise InputError(f"--race: unknown engine {name!r}; choose from {', '.join(ENGINE_NAMES)}")
+    if args.address and args.executor != "ray":
+        raise InputError("--address names a Ray cluster: use it with --executor ray")
+    items = [(o, args.engine or o.options["engine"], args.timeout or o.options["timeout"]) for o in obligations]
+    jobs = args.jobs or (default_jobs() if args.executor == "local" else None)
+    if args.executor == "local" and jobs == 1 and args.split_region == 1 and not race:
+        answer = Answerer(args.workers or 2)
+        results = []
+        for number, (obligation, engine, timeout) in enumerate(items, start=1):
+            print(f"[{number}/{len(items)}] {obligation.query.label} ({engine}, {timeout:g}s) ...",
+                  file=sys.stderr, flush=True)
+            results.append(answer(obligation, engine, timeout))
+    else:
+        results = _prove_in_parallel(args, items, jobs, race)
     semantics = [o.query.network.describe() for o in obligations]
     if args.json:
         print(report.to_json(results, semantics))
@@ -76,6 +91,36 @@ def cmd_prove(args: argparse.Namespace) -> int:
         for path in report.write_vnncomp(results, Path(args.vnncomp)):
             print(f"wrote {path}", file=sys.stderr)
     return _exit_code({r.verdict for r in results})
+
+
+def _prove_in_parallel(args: argparse.Namespace, items: list, jobs: int | None, race: tuple[str, ...]) -> list:
+    """Pieces of every statement on local processes or a Ray cluster (`bitqnn.parallel`)."""
+    from bitqnn.executor import ExecutorError, make_executor
+    from bitqnn.parallel import Scheduler
+
+    try:
+        executor = make_executor(args.executor, jobs, args.address)
+    except ExecutorError as error:
+        raise InputError(str(error)) from error
+    # on this machine, a piece gets the cores that no waiting piece needs, unless --workers fixes it
+    spread = args.workers is None and args.executor == "local"
+    workers = args.workers or max(1, default_jobs() // executor.capacity)
+    boxes = f" x {args.split_region} sub-boxes" if args.split_region > 1 else ""
+    raced = f", raced by {'/'.join(race)}" if race else ""
+    print(f"{len(items)} statement(s) on {executor.capacity} {args.executor} worker(s), split by {args.split}"
+          f"{boxes}{raced}, CP-SAT workers {workers}{' or more when cores are idle' if spread else ''}",
+          file=sys.stderr, flush=True)
+    done = [0]
+
+    def progress(number: int, result) -> None:
+        done[0] += 1
+        print(f"[{done[0]}/{len(items)}] {result.label}: {result.verdict.value} ({result.seconds:.1f}s)",
+              file=sys.stderr, flush=True)
+
+    try:
+        return Scheduler(executor, workers, args.split, args.split_region, race, progress, spread).answer(items)
+    finally:
+        executor.close()
 
 
 def _exit_code(verdicts: set[Verdict]) -> int:
@@ -223,6 +268,12 @@ def cmd_bench_synth(args: argparse.Namespace) -> int:
     return run_synth_benchmark(args)
 
 
+def cmd_bench_speed(args: argparse.Namespace) -> int:
+    from bitqnn.bench_speed import run_speed_benchmark
+
+    return run_speed_benchmark(args)
+
+
 def cmd_bench_error(args: argparse.Namespace) -> int:
     from bitqnn.bench_error import run_error_benchmark
 
@@ -247,7 +298,19 @@ def build_parser() -> argparse.ArgumentParser:
     prove.add_argument("--engine", choices=ENGINE_NAMES + tuple(e for e in ERROR_ENGINES if e not in ENGINE_NAMES),
                        help="override the spec's engine (error statements take auto, dra, search, milp)")
     prove.add_argument("--timeout", type=float, help="seconds per property, overriding the spec")
-    prove.add_argument("--workers", type=int, default=2, help="CP-SAT search workers (default 2)")
+    prove.add_argument("--workers", type=int, help="CP-SAT search workers per piece (default: the cores "
+                       "shared out among the jobs; 2 with --jobs 1)")
+    prove.add_argument("--jobs", type=int, help="pieces solved at once on local processes (default: every core; "
+                       "1 answers statements one by one in this process)")
+    prove.add_argument("--split", choices=SPLITS, default="class",
+                       help="pieces per statement: one per competing class the bounds leave open, or none")
+    prove.add_argument("--split-region", type=int, default=1, metavar="N",
+                       help="also cut each piece's box into up to N sub-boxes across its most influential inputs")
+    prove.add_argument("--race", default="", metavar="ENGINES",
+                       help="comma-separated engines run beside the statement's engine on every piece; the first "
+                            "conclusive answer wins and the others are cancelled")
+    prove.add_argument("--executor", choices=EXECUTORS, default="local", help="where pieces run (default local)")
+    prove.add_argument("--address", help="Ray cluster address for --executor ray (default: start a local instance)")
     prove.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     prove.add_argument("--vnncomp", metavar="DIR", help="write VNN-COMP result files into DIR")
     prove.add_argument("--smtlib", metavar="FILE", help="also export each query as SMT-LIB2 (QF_BV)")
@@ -298,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth = suites.add_parser("synth", help="certified bit-width synthesis on Fashion-MNIST MLPs")
     add_synth_arguments(synth)
     synth.set_defaults(run=cmd_bench_synth)
+    speed = suites.add_parser("speed", help="each speed step against the baseline pipeline, on two models")
+    add_speed_arguments(speed)
+    speed.set_defaults(run=cmd_bench_speed)
     return parser
 
 

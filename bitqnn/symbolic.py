@@ -105,8 +105,10 @@ class _Tightener:
         form = self.qnn.linear_form(index)
         return self.backsubstitute(form.matrix.astype(np.float64), form.offset.astype(np.float64), index - 1)
 
-    def backsubstitute(self, coeffs: np.ndarray, const: np.ndarray, last: int) -> tuple[np.ndarray, np.ndarray]:
-        """Integer bounds on coeffs @ (outputs of layer `last`) + const, walking back to a barrier."""
+    def walk_back(self, coeffs: np.ndarray, const: np.ndarray, last: int):
+        """Linear upper and lower functions of coeffs @ (outputs of layer `last`) + const in
+        the inputs of the first layer it reaches back to (a barrier, or the network input).
+        Returns (upper, upper_const, lower, lower_const, magnitude, reached)."""
         upper, upper_const = coeffs, const
         lower, lower_const = coeffs.copy(), const.copy()
         magnitude = np.abs(const)
@@ -118,7 +120,12 @@ class _Tightener:
                 lower, lower_const = self._through(lower, lower_const, rel, current, upper_side=False)
                 magnitude = magnitude + np.abs(upper_const) + np.abs(lower_const)
             current -= 1
-        lo_in, hi_in = self.concrete_before(current + 1)
+        return upper, upper_const, lower, lower_const, magnitude, current + 1
+
+    def backsubstitute(self, coeffs: np.ndarray, const: np.ndarray, last: int) -> tuple[np.ndarray, np.ndarray]:
+        """Integer bounds on coeffs @ (outputs of layer `last`) + const, walking back to a barrier."""
+        upper, upper_const, lower, lower_const, magnitude, reached = self.walk_back(coeffs, const, last)
+        lo_in, hi_in = self.concrete_before(reached)
         high = np.maximum(upper, 0) @ hi_in + np.minimum(upper, 0) @ lo_in + upper_const
         low = np.maximum(lower, 0) @ lo_in + np.minimum(lower, 0) @ hi_in + lower_const
         reach = np.maximum(np.abs(lo_in), np.abs(hi_in))
@@ -194,6 +201,20 @@ class SymbolicAnalysis:
             coeffs[0, index] += c
         low, high = self._tightener.backsubstitute(coeffs, np.zeros(1), len(self._tightener.qnn.layers) - 1)
         return int(low[0]), int(high[0])
+
+    def input_influence(self, terms: tuple[tuple[int, int], ...]) -> np.ndarray | None:
+        """How much each input's range moves the linear bounds of sum(c * y[i]): the
+        coefficient sizes times the input widths. None when a layer the analysis treats
+        by intervals (max-pool, lookup) stops the bounds from reaching the input."""
+        coeffs = np.zeros((1, self.bounds.output.lo.size))
+        for index, c in terms:
+            coeffs[0, index] += c
+        upper, _, lower, _, _, reached = self._tightener.walk_back(
+            coeffs, np.zeros(1), len(self._tightener.qnn.layers) - 1)
+        if reached != 0:
+            return None
+        width = self._tightener.input_hi - self._tightener.input_lo
+        return (np.abs(upper[0]) + np.abs(lower[0])) * width
 
 
 _ANALYSES: weakref.WeakKeyDictionary[Query, SymbolicAnalysis] = weakref.WeakKeyDictionary()
