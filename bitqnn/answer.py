@@ -13,6 +13,11 @@ from bitqnn.verify import Result, verify
 ERROR_KINDS = ("error", "bound")  # statements about quantization error, answered by error_verify
 
 
+def is_plain(obligation) -> bool:
+    """A plain query (robust, targeted, linear): one Query that any engine answers whole."""
+    return obligation.kind not in (*ERROR_KINDS, "backdoor") and not isinstance(obligation.query, FaultQuery)
+
+
 def wall_time_allowed(obligation, timeout: float) -> float:
     """How long answering may take: an `error` statement that does not prove goes on to
     compute its tightest bound with the same timeout again (`error_verify.error_result`)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bitqnn.answer import ERROR_KINDS
+from bitqnn.answer import ERROR_KINDS, is_plain
 from bitqnn.bench_bitflip import add_arguments as add_bitflip_arguments
 from bitqnn.bench_error import add_arguments as add_error_arguments
 from bitqnn.bench_speed import add_arguments as add_speed_arguments
@@ -59,7 +59,7 @@ def cmd_prove(args: argparse.Namespace) -> int:
     if args.engine:
         _check_engine_fits(obligations, args.engine)
     # one query per statement: --smtlib exports these (a backdoor statement has one per patch location)
-    plain = [o for o in obligations if o.kind not in (*ERROR_KINDS, "backdoor") and not isinstance(o.query, FaultQuery)]
+    plain = [o for o in obligations if is_plain(o)]
     if args.smtlib:
         _export_smtlib(plain, Path(args.smtlib))
     for flag, value in (("--jobs", args.jobs), ("--workers", args.workers), ("--split-region", args.split_region)):

@@ -16,8 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bitqnn.answer import ERROR_KINDS, wall_time_allowed
-from bitqnn.faults import FaultQuery
+from bitqnn.answer import is_plain, wall_time_allowed
 from bitqnn.outcome import Outcome, Verdict
 from bitqnn.pieces import Plan, merge, plan_pieces
 from bitqnn.tasks import ObligationTask, PieceTask, TaskFailure
@@ -33,8 +32,7 @@ def splittable(obligation, engine: str) -> bool:
     """Plain queries for the bounds-first engines split into pieces. Other engines answer
     the query whole, so that asking for one (the bit-vector engine, say) gets its answer
     and not the planning's bounds; other kinds of statement have pipelines of their own."""
-    return (engine in SPLIT_ENGINES and obligation.kind not in (*ERROR_KINDS, "backdoor")
-            and not isinstance(obligation.query, FaultQuery))
+    return engine in SPLIT_ENGINES and is_plain(obligation)
 
 
 @dataclass
