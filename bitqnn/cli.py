@@ -342,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run a benchmark (reads ../shared/data)")
     suites = bench.add_subparsers(dest="suite", required=True)
     robustness = suites.add_parser("robustness", help="the core robustness benchmark, every engine")
-    robustness.add_argument("--model", default="benchmarks/models/fashion_784_64_32.onnx")
+    robustness.add_argument("--model", default="benchmarks/models/fashion_784_64_32_l1.onnx",
+                            help="default: the sparse model of benchmarks/train_sparse.py; "
+                                 "benchmarks/models/fashion_784_64_32.onnx is the plainly trained one")
     robustness.add_argument("--data", default="../shared/data/fashion_mnist.npz")
     robustness.add_argument("--images", type=int, default=25)
     robustness.add_argument("--radii", default="1,2,3,4")

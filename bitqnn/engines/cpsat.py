@@ -16,6 +16,8 @@ from ortools.sat.python import cp_model
 
 from bitqnn.bounds import interval_bounds, prune_violation
 from bitqnn.encode.cpsat import UnsupportedEncoding, encode_term, overflow_model
+from bitqnn.engines.stop import StopSignal
+from bitqnn.engines.terms import solve_terms
 from bitqnn.outcome import Outcome, Verdict
 from bitqnn.qnn import AccumulatorOverflow, execute
 from bitqnn.query import Query
@@ -27,7 +29,7 @@ CUT_SHARE, CUT_CAP = 0.2, 10.0  # LP rounds of cuts: share of what is then left,
 
 
 def solve_model(model: cp_model.CpModel, seconds: float, workers: int, seed: int = 0,
-                objective=None) -> tuple[int, cp_model.CpSolver]:
+                objective=None, stop: StopSignal | None = None) -> tuple[int, cp_model.CpSolver]:
     """Solve with a time limit; with an objective (a term's slack), stop at the first solution.
 
     Maximizing the slack lets the bound-driven tree search with the full LP work, which
@@ -47,7 +49,8 @@ def solve_model(model: cp_model.CpModel, seconds: float, workers: int, seed: int
             solver.parameters.subsolvers.extend(["lb_tree_search", "max_lp"])
         else:  # one worker (a piece among others): the bound-driven search alone
             solver.parameters.optimize_with_lb_tree_search = True
-    status = solver.solve(model)
+    with (stop or StopSignal()).hook(solver.stop_search):
+        status = solver.solve(model)
     if status == cp_model.MODEL_INVALID:
         raise RuntimeError(f"CP-SAT rejected the model: {model.validate()}")
     return status, solver
@@ -70,8 +73,9 @@ class CpSatEngine:
         self.cuts = cuts
         self.first_try = first_try  # False: straight to the cuts (a stage before already tried without)
 
-    def solve(self, query: Query, timeout: float) -> Outcome:
+    def solve(self, query: Query, timeout: float, stop: StopSignal | None = None) -> Outcome:
         start = time.perf_counter()
+        stop = stop or StopSignal()
         if self.bounds_mode == "symbolic":
             analysis = analysis_of(query)
             bounds = analysis.bounds
@@ -89,35 +93,23 @@ class CpSatEngine:
         if trivially_violated:
             return Outcome(Verdict.FALSIFIED, self.name, time.perf_counter() - start,
                            witness=query.region.lo.copy(), stats=stats)
-        unknown_reason = ""
-        for term in violation.terms:
-            remaining = timeout - (time.perf_counter() - start)
-            if remaining <= 0:
-                return Outcome.unknown(self.name, time.perf_counter() - start, "timeout", **stats)
-            try:
-                status, witness = self._solve_term(query, bounds, term, remaining, stats)
-            except UnsupportedEncoding as error:
-                return Outcome.unknown(self.name, time.perf_counter() - start, str(error), **stats)
-            if witness is not None:
-                return Outcome(Verdict.FALSIFIED, self.name, time.perf_counter() - start,
-                               witness=witness, stats=stats)
-            if status != cp_model.INFEASIBLE:
-                unknown_reason = "timeout"
-        elapsed = time.perf_counter() - start
-        if unknown_reason:
-            return Outcome.unknown(self.name, elapsed, unknown_reason, **stats)
-        return Outcome(Verdict.PROVED, self.name, elapsed, stats=stats)
 
-    def _solve_term(self, query: Query, bounds, term, seconds: float, stats: dict):
+        def solve_term(term, seconds: float):
+            status, witness = self._solve_term(query, bounds, term, seconds, stats, stop)
+            return status == cp_model.INFEASIBLE, witness, "timeout"
+
+        return solve_terms(self.name, violation.terms, solve_term, start, timeout, stop, stats, UnsupportedEncoding)
+
+    def _solve_term(self, query: Query, bounds, term, seconds: float, stats: dict, stop: StopSignal):
         """CP-SAT alone for a short first try (most terms fall there), then step cuts and
         CP-SAT again with the rest of the time. Returns (status, witness or None)."""
         start = time.perf_counter()
         if not self.cuts:
-            return self._solve_model(query, bounds, term, [], seconds, stats)
+            return self._solve_model(query, bounds, term, [], seconds, stats, stop)
         if self.first_try:
             first_try = min(FIRST_TRY_CAP, FIRST_TRY_SHARE * seconds)
-            status, witness = self._solve_model(query, bounds, term, [], first_try, stats)
-            if status != cp_model.UNKNOWN:
+            status, witness = self._solve_model(query, bounds, term, [], first_try, stats, stop)
+            if status != cp_model.UNKNOWN or stop.stopped:
                 return status, witness
         remaining = seconds - (time.perf_counter() - start)
         target = float(term[0].bound)
@@ -125,13 +117,13 @@ class CpSatEngine:
         cuts = [] if result is None else result.cuts
         stats["cuts"] = stats.get("cuts", 0) + len(cuts)
         remaining = seconds - (time.perf_counter() - start)
-        return self._solve_model(query, bounds, term, cuts, remaining, stats)
+        return self._solve_model(query, bounds, term, cuts, remaining, stats, stop)
 
-    def _solve_model(self, query: Query, bounds, term, cuts, seconds: float, stats: dict):
+    def _solve_model(self, query: Query, bounds, term, cuts, seconds: float, stats: dict, stop: StopSignal):
         encoding = encode_term(query.network, bounds, term, cuts)
         stats["variables"] = max(stats.get("variables", 0), encoding.variables)
         objective = sum(c * encoding.outputs[i] for i, c in term[0].terms)
-        status, solver = solve_model(encoding.model, seconds, self.workers, self.seed, objective)
+        status, solver = solve_model(encoding.model, seconds, self.workers, self.seed, objective, stop)
         found = status in (cp_model.OPTIMAL, cp_model.FEASIBLE)
         return status, input_values(solver, encoding.inputs) if found else None
 

@@ -17,7 +17,7 @@ different footing:
   bound counts only after adding a stated margin; `stats["tolerance"]` and the reason say
   so. A run is discarded when SCIP's own point violates the model (checked with
   `VerifySolution`) or its bound falls below an error already replayed; SCIP 10.0.0 did
-  return such a point once (see SCIP_SETTINGS), which is why both checks exist.
+  return such a point once (see SCIP_NUMERICS), which is why both checks exist.
 """
 
 from __future__ import annotations
@@ -48,18 +48,19 @@ MIN_RUN_SECONDS = 0.05
 VERIFY_TOLERANCE = 1e-6  # a solver point off the model by more than this discredits its run
 VIOLATED = -100  # run status: SCIP's point violates the model (a solver fault, not a tolerance)
 
-SCIP_SETTINGS = (f"numerics/feastol = {FEASIBILITY_TOLERANCE}\n"
+SCIP_NUMERICS = (f"numerics/feastol = {FEASIBILITY_TOLERANCE}\n"
                  f"numerics/dualfeastol = {DUAL_TOLERANCE}\n"
                  "numerics/lpfeastolfactor = 1\n"
-                 "limits/gap = 0\n"
-                 "limits/absgap = 0\n"
-                 # root cut rounds beyond a few cost seconds on tiny models and moved the
-                 # bound little on a 784-100-100 one
-                 "separating/maxroundsroot = 3\n"
                  # SCIP 10.0.0 returned an "optimal" point violating a row by 7 units on a
                  # 5-row model of rounding and difference rows; not upgrading two-variable
                  # rows to varbound constraints avoided it (see the tests)
                  "constraints/linear/upgrade/varbound = FALSE\n")
+SCIP_SETTINGS = (SCIP_NUMERICS
+                 + "limits/gap = 0\n"
+                 "limits/absgap = 0\n"
+                 # root cut rounds beyond a few cost seconds on tiny models and moved the
+                 # bound little on a 784-100-100 one
+                 "separating/maxroundsroot = 3\n")
 
 
 

@@ -1,4 +1,5 @@
-"""`auto`: engines composed in sequence, each given what is left of the deadline.
+"""`auto`'s building blocks: engines in sequence, each given what is left of the deadline,
+and engines racing in threads.
 
 A portfolio is just another engine. The first conclusive answer wins; an engine that
 can only falsify (the attack) gets a small slice so that proofs keep most of the time.
@@ -6,9 +7,11 @@ can only falsify (the attack) gets a small slice so that proofs keep most of the
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
+from bitqnn.engines.stop import StopSignal
 from bitqnn.outcome import Outcome, Verdict
 from bitqnn.query import Query
 
@@ -36,8 +39,55 @@ class SequentialPortfolio:
             outcome = stage.engine.solve(query, allowed)
             if outcome.verdict is not Verdict.UNKNOWN:
                 stats = dict(outcome.stats, stage=stage.engine.name)
-                return Outcome(outcome.verdict, f"{self.name}:{stage.engine.name}",
+                return Outcome(outcome.verdict, f"{self.name}:{outcome.engine}",
                                time.perf_counter() - start, outcome.reason, outcome.witness, stats)
             reasons.append(f"{stage.engine.name}: {outcome.reason}")
         reason = "; ".join(reasons) if reasons else "timeout"
         return Outcome.unknown(self.name, time.perf_counter() - start, reason)
+
+
+class ThreadRace:
+    """Engines side by side in threads of this process; the first conclusive answer wins
+    and the others are stopped through a shared `StopSignal`.
+
+    Threads, not processes, because CP-SAT and SCIP both release the GIL while they search
+    and stop promptly when asked, and a piece already running in a worker process must not
+    spawn more. Every engine raced must accept `stop=`.
+    """
+
+    def __init__(self, name: str, engines: list) -> None:
+        self.name = name
+        self.engines = engines
+
+    def solve(self, query: Query, timeout: float) -> Outcome:
+        start = time.perf_counter()
+        stop = StopSignal()
+        outcomes: list[Outcome | None] = [None] * len(self.engines)
+        failures: list[BaseException] = []
+
+        def run(position: int, engine) -> None:
+            try:
+                outcome = engine.solve(query, timeout, stop=stop)
+            except BaseException as error:  # re-raised in the caller's thread below
+                failures.append(error)
+                stop.stop()
+                return
+            outcomes[position] = outcome
+            if outcome.verdict is not Verdict.UNKNOWN:
+                stop.stop()
+
+        threads = [threading.Thread(target=run, args=(i, e), daemon=True) for i, e in enumerate(self.engines)]
+        for thread in threads[1:]:
+            thread.start()
+        run(0, self.engines[0])  # the first engine runs in the calling thread
+        for thread in threads[1:]:
+            thread.join()
+        if failures:
+            raise failures[0]
+        for outcome in outcomes:
+            if outcome is not None and outcome.verdict is not Verdict.UNKNOWN:
+                stats = dict(outcome.stats, stage=outcome.engine)
+                return Outcome(outcome.verdict, outcome.engine, time.perf_counter() - start, outcome.reason,
+                               outcome.witness, stats)
+        reasons = "; ".join(f"{o.engine}: {o.reason}" for o in outcomes if o is not None)
+        return Outcome.unknown(self.name, time.perf_counter() - start, reasons or "timeout")

@@ -1,0 +1,121 @@
+"""The SCIP robustness engine and the thread race, against enumeration and against CP-SAT.
+
+SCIP's PROVED rests on floating-point LP, so it is held to the same bar as the exact
+engines: the same verdict as enumerating every input and as CP-SAT, on every random dense
+network of every requantization kind, with every witness replayed.
+"""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from bitqnn.engines.cpsat import CpSatEngine
+from bitqnn.engines.enumeration import EnumerationEngine
+from bitqnn.engines.milp import MilpEngine
+from bitqnn.engines.portfolio import ThreadRace
+from bitqnn.engines.registry import make_engine
+from bitqnn.engines.stop import StopSignal
+from bitqnn.outcome import Outcome, Verdict
+from bitqnn.qnn import Lookup, execute
+from bitqnn.verify import verify
+from tests.netgen import REQUANT_KINDS, random_conv_qnn, random_dense_qnn, random_query
+
+CASES = 180
+
+
+def dense_case(seed: int):
+    rng = np.random.default_rng(seed)
+    kind = REQUANT_KINDS[seed % len(REQUANT_KINDS)]
+    return kind, random_query(rng, random_dense_qnn(rng, kind), radius=int(rng.integers(1, 4)))
+
+
+def test_milp_agrees_with_enumeration_and_cpsat():
+    truth, milp, cpsat = EnumerationEngine(), MilpEngine(), CpSatEngine()
+    seen: dict = {}
+    for seed in range(CASES):
+        kind, query = dense_case(seed)
+        outcome = milp.solve(query, 60)
+        if any(isinstance(layer, Lookup) for layer in query.network.layers):
+            assert outcome.verdict is Verdict.UNKNOWN and "Lookup" in outcome.reason
+            continue
+        expected = truth.solve(query, 60).verdict
+        assert outcome.verdict is expected, (seed, kind, outcome)
+        assert cpsat.solve(query, 60).verdict is expected, (seed, kind)
+        if outcome.verdict is Verdict.FALSIFIED:
+            assert query.check_witness(outcome.witness, execute(query.network, outcome.witness)), seed
+        else:
+            assert "tolerance" in outcome.stats  # a PROVED from SCIP says what it rests on
+        seen[(kind, expected)] = seen.get((kind, expected), 0) + 1
+    assert all(seen.get((k, v), 0) >= 3 for k in REQUANT_KINDS for v in (Verdict.PROVED, Verdict.FALSIFIED)), seen
+
+
+def test_milp_declines_layers_it_does_not_encode():
+    rng = np.random.default_rng(3)
+    query = random_query(rng, random_conv_qnn(rng, "half_up"))
+    outcome = MilpEngine().solve(query, 10)
+    assert outcome.verdict is Verdict.UNKNOWN and "Conv2d" in outcome.reason
+
+
+def test_auto_with_its_race_agrees_with_enumeration():
+    truth, auto = EnumerationEngine(), make_engine("auto")
+    for seed in range(0, CASES, 3):
+        _, query = dense_case(seed)
+        result = verify(query, auto, 60)  # verify replays every witness
+        assert result.verdict is truth.solve(query, 60).verdict, seed
+
+
+class _Stubborn:
+    """Searches until stopped: what a losing solver looks like."""
+
+    name = "stubborn"
+
+    def __init__(self) -> None:
+        self.stopped_after: float | None = None
+
+    def solve(self, query, timeout, stop: StopSignal):
+        start = time.perf_counter()
+        released = threading.Event()
+        with stop.hook(released.set):
+            released.wait(timeout)
+        self.stopped_after = time.perf_counter() - start
+        return Outcome.unknown(self.name, self.stopped_after, "stopped")
+
+
+class _Quick:
+    name = "quick"
+
+    def __init__(self, verdict: Verdict | None = Verdict.PROVED, error: Exception | None = None) -> None:
+        self.verdict, self.error = verdict, error
+
+    def solve(self, query, timeout, stop: StopSignal):
+        time.sleep(0.2)
+        if self.error is not None:
+            raise self.error
+        return Outcome(self.verdict, self.name, 0.2)
+
+
+def test_race_stops_the_loser_as_soon_as_one_engine_answers():
+    _, query = dense_case(1)
+    loser = _Stubborn()
+    start = time.perf_counter()
+    outcome = ThreadRace("race", [loser, _Quick()]).solve(query, 30)
+    assert outcome.verdict is Verdict.PROVED and outcome.engine == "quick"
+    assert time.perf_counter() - start < 2 and loser.stopped_after < 2
+
+
+def test_race_reraises_an_engine_error_and_stops_the_rest():
+    _, query = dense_case(1)
+    loser = _Stubborn()
+    with pytest.raises(RuntimeError, match="replay"):
+        ThreadRace("race", [_Quick(error=RuntimeError("replay disagrees")), loser]).solve(query, 30)
+    assert loser.stopped_after < 2
+
+
+def test_stop_signal_reaches_a_hook_registered_after_the_stop():
+    signal, calls = StopSignal(), []
+    signal.stop()
+    with signal.hook(lambda: calls.append(1)):
+        pass
+    assert calls == [1] and signal.stopped
