@@ -52,7 +52,9 @@ class ThreadRace:
 
     Threads, not processes, because CP-SAT and SCIP both release the GIL while they search
     and stop promptly when asked, and a piece already running in a worker process must not
-    spawn more. Every engine raced must accept `stop=`.
+    spawn more. Every engine raced must accept `stop=`. A loser stops at once inside a
+    solver call; between calls (CP-SAT's LP rounds of step cuts, at most 10 s) it finishes
+    that step first.
     """
 
     def __init__(self, name: str, engines: list) -> None:
