@@ -7,6 +7,7 @@ network of every requantization kind, with every witness replayed.
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,3 +120,26 @@ def test_stop_signal_reaches_a_hook_registered_after_the_stop():
     with signal.hook(lambda: calls.append(1)):
         pass
     assert calls == [1] and signal.stopped
+
+
+def hard_shipped_query():
+    """A query both solvers leave open for over 20 s: the fixed-point digits spec's first
+    statement with its box widened by 8 steps."""
+    from dataclasses import replace
+
+    from bitqnn.query import Box
+    from bitqnn.spec.compile import compile_spec
+
+    query = compile_spec(Path(__file__).resolve().parents[1] / "specs/digits_fixed_point.qspec")[0].query
+    lo, hi = query.region.lo, query.region.hi
+    return replace(query, region=Box(np.maximum(lo - 8, 0), np.minimum(hi + 8, 255)))
+
+
+@pytest.mark.parametrize("engine", [MilpEngine(), CpSatEngine(workers=1, cuts=False)], ids=["milp", "cpsat"])
+def test_a_real_solver_stops_mid_search_when_asked(engine):
+    query, stop = hard_shipped_query(), StopSignal()
+    threading.Timer(1.0, stop.stop).start()
+    start = time.perf_counter()
+    outcome = engine.solve(query, 30, stop=stop)
+    assert outcome.verdict is Verdict.UNKNOWN and outcome.reason == "stopped", outcome
+    assert time.perf_counter() - start < 4

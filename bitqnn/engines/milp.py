@@ -58,6 +58,7 @@ class MilpEngine:
             return Outcome(Verdict.FALSIFIED, self.name, time.perf_counter() - start, witness=query.region.lo.copy())
         stats = {"terms": len(query.violation.terms), "terms_after_bounds": len(violation.terms),
                  "tolerance": TOLERANCE_NOTE}
+
         def solve_term(term, seconds: float):
             status, witness = self._solve_term(query, analysis.bounds, Violation((term,)), seconds, stop)
             reason = "SCIP's point does not replay on the executor" if status in SOLVED else "timeout"
