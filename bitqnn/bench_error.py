@@ -49,7 +49,8 @@ import numpy as np
 
 from bitqnn.dra import MODES, DifferentialAnalysis
 from bitqnn.error_query import ErrorOutcome, ErrorQuery
-from bitqnn.error_verify import search_error, verify_error
+from bitqnn.error_search import search_error
+from bitqnn.error_verify import verify_error
 from bitqnn.floatnet import FloatDense, FloatNetwork
 from bitqnn.outcome import Verdict
 from bitqnn.qnn import QNN, execute

@@ -37,6 +37,7 @@ from bitqnn.query import Box
 from bitqnn.symbolic import SymbolicAnalysis
 
 MODES = ("naive", "concrete", "symbolic")
+TIE = 1e-6  # relative difference under which a line counts as no looser than a constant
 
 
 @dataclass(frozen=True)
@@ -113,12 +114,25 @@ class DifferentialAnalysis:
         self.q_intervals = interval_bounds(qnn, box)
         self.float_intervals = self._float_intervals()
         self.q_bounds = SymbolicAnalysis(qnn, box).bounds
-        self.float_pre = self._float_symbolic()
         self.hidden: dict[int, HiddenDifference] = {}  # per paired layer, filled by `symbolic`
         self._results: dict[str, DifferenceBounds] = {}
         self.rounding = {layer.index: rounding_error(layer, self.q_bounds.layers[layer.index].acc_lo,
                                                      self.q_bounds.layers[layer.index].acc_hi)
                          for layer in self.layers}
+        # the symbolic mode's variables: the real input, then one per rounding QNN neuron
+        # (its exact rounding error y_q - clamp(a_q), free in its range)
+        self.noise_start: dict[int, int] = {}
+        lows, highs = [self.x_lo], [self.x_hi]
+        columns = self.x_lo.size
+        for layer in self.layers:
+            e_lo, e_hi = self.rounding[layer.index]
+            if np.any(e_hi > e_lo):
+                self.noise_start[layer.index] = columns
+                columns += e_lo.size
+                lows.append(e_lo)
+                highs.append(e_hi)
+        self.domain_lo, self.domain_hi = np.concatenate(lows), np.concatenate(highs)
+        self.float_pre = self._float_symbolic()
 
     def _float_intervals(self) -> list[tuple[np.ndarray, np.ndarray]]:
         pre, lo, hi = [], self.x_lo, self.x_hi
@@ -130,8 +144,7 @@ class DifferentialAnalysis:
 
     def _float_symbolic(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Pre-activation bounds of the float network from its own linear bounds."""
-        n = self.x_lo.size
-        up = low = (np.eye(n), np.zeros(n))
+        up = low = self._input_lines()
         pre = []
         for layer, (a_lo, a_hi) in zip(self.layers, self.float_intervals, strict=True):
             up, low, bounds = self._through(layer.float_weight, layer.float_bias, up, low, a_lo, a_hi,
@@ -190,8 +203,8 @@ class DifferentialAnalysis:
         this is never looser.
         """
         n = self.x_lo.size
-        zero = (np.zeros((n, n)), np.zeros(n))
-        f_up = f_low = (np.eye(n), np.zeros(n))
+        zero = (np.zeros((n, self.domain_lo.size)), np.zeros(n))
+        f_up = f_low = self._input_lines()
         d_up, d_low = zero, zero
         f_lo, f_hi = self.x_lo, self.x_hi
         d_lo = d_hi = np.zeros(n)
@@ -209,13 +222,18 @@ class DifferentialAnalysis:
             f_clamp_lo, f_clamp_hi = _float_clamp(layer)
             passes = ((a_lo >= f_clamp_lo) & (a_hi <= f_clamp_hi)
                       & (qa_lo >= layer.clamp_lo) & (qa_hi <= layer.clamp_hi))
+            f_up, f_low, _ = self._through(layer.float_weight, layer.float_bias, f_up, f_low, a_lo, a_hi,
+                                           _float_clamp(layer))
+            q_lo, q_hi = _q_real_outputs(layer, self.q_bounds)
+            for up, low in (self._lipschitz_lines(layer, da_up, da_low, da_lo, da_hi, a_lo, a_hi),
+                            ((-f_low[0], q_hi - f_low[1]), (-f_up[0], q_lo - f_up[1]))):
+                d_up = self._tighter(d_up, up, passes, upper=True)
+                d_low = self._tighter(d_low, low, passes, upper=False)
             d_up = self._or_constant(d_up, y_hi, passes, upper=True)
             d_low = self._or_constant(d_low, y_lo, passes, upper=False)
             d_lo = np.maximum(y_lo, self._concretise(*d_low, upper=False))
             d_hi = np.minimum(y_hi, self._concretise(*d_up, upper=True))
             self.hidden[layer.index] = HiddenDifference(da_lo, da_hi, d_lo, d_hi)
-            f_up, f_low, _ = self._through(layer.float_weight, layer.float_bias, f_up, f_low, a_lo, a_hi,
-                                           _float_clamp(layer))
             f_lo, f_hi = _clip(a_lo, layer.float_clip), _clip(a_hi, layer.float_clip)
         return DifferenceBounds(d_lo, d_hi)
 
@@ -227,24 +245,66 @@ class DifferentialAnalysis:
         both networks are surely linear the a_f terms cancel and the difference passes
         through exactly; elsewhere the remaining a_f term keeps its input dependence.
         """
-        e_lo, e_hi = self.rounding[layer.index]
         qa_lo, qa_hi = _q_real_accumulators(layer, self.q_bounds)
         qku, qbu, qkl, qbl = _relax(_q_clamp(layer), qa_lo, qa_hi)
         fku, fbu, fkl, fbl = _relax(_float_clamp(layer), a_lo, np.maximum(a_hi, a_lo))
-        upper = _plus(_scaled(da_up, da_low, qku), _scaled(af_up, af_low, qku - fkl), qbu + e_hi - fbl)
-        lower = _plus(_scaled(da_low, da_up, qkl), _scaled(af_low, af_up, qkl - fku), qbl + e_lo - fbu)
-        return upper, lower
+        upper = _plus(_scaled(da_up, da_low, qku), _scaled(af_up, af_low, qku - fkl), qbu - fbl)
+        lower = _plus(_scaled(da_low, da_up, qkl), _scaled(af_low, af_up, qkl - fku), qbl - fbu)
+        return _plus(upper, self._rounding_line(layer, True), 0.0), _plus(lower, self._rounding_line(layer, False), 0.0)
+
+    def _lipschitz_lines(self, layer: PairedLayer, da_up, da_low, da_lo, da_hi, a_lo, a_hi):
+        """Linear bounds on y_q - y_f in the accumulator difference alone.
+
+        y_q - y_f = [clamp_q(a_f + da) - clamp_q(a_f)] + [clamp_q(a_f) - clip_f(a_f)] + e. The
+        first part lies between min(0, da) and max(0, da) (clamp_q is monotone and
+        1-Lipschitz); over da in [dl, du] the chords of those two maps bound it by lines in
+        da, hence in x. Unlike the two networks' own relaxations, these keep no float
+        accumulator term, so they stay tight on neurons neither network has surely fixed.
+        """
+        g_lo, g_hi = clip_gap(layer, a_lo, a_hi)
+        mixed = (da_lo < 0) & (da_hi > 0)
+        span = np.where(mixed, da_hi - da_lo, 1.0)
+        rise = np.where(mixed, da_hi / span, (da_lo >= 0).astype(np.float64))  # slope of the upper chord
+        fall = np.where(mixed, -da_lo / span, (da_hi <= 0).astype(np.float64))  # slope of the lower chord
+        pad = RELATIVE_MARGIN * (1.0 + np.abs(da_lo) + np.abs(da_hi) + np.abs(g_lo) + np.abs(g_hi))
+        upper = (rise[:, None] * da_up[0], rise * da_up[1] - rise * np.minimum(da_lo, 0) + g_hi + pad)
+        lower = (fall[:, None] * da_low[0], fall * da_low[1] - fall * np.maximum(da_hi, 0) + g_lo - pad)
+        return _plus(upper, self._rounding_line(layer, True), 0.0), _plus(lower, self._rounding_line(layer, False), 0.0)
+
+    def _tighter(self, line, other, passes: np.ndarray, upper: bool):
+        """Per neuron, `line` where the difference passes through linearly or where it
+        concretises no worse than `other`, else `other`."""
+        mine, theirs = self._concretise(*line, upper=upper), self._concretise(*other, upper=upper)
+        keep = passes | (mine <= theirs if upper else mine >= theirs)
+        return np.where(keep[:, None], line[0], other[0]), np.where(keep, line[1], other[1])
 
     def _or_constant(self, line, constant: np.ndarray, passes: np.ndarray, upper: bool):
         """Per neuron, the line where the difference passes through linearly (its input
         dependence pays off in later layers even when it concretises looser, as measured),
         or elsewhere where it concretises no worse than the constant bound."""
         value = self._concretise(*line, upper=upper)
-        keep = passes | (value <= constant if upper else value >= constant)
+        slack = TIE * (1.0 + np.abs(constant))  # a line that only ties still carries its input dependence
+        keep = passes | (value <= constant + slack if upper else value >= constant - slack)
         return np.where(keep[:, None], line[0], 0.0), np.where(keep, line[1], constant)
 
+    def _input_lines(self):
+        """x itself, as lines over the whole domain."""
+        n = self.x_lo.size
+        return np.eye(n, self.domain_lo.size), np.zeros(n)
+
+    def _rounding_line(self, layer: PairedLayer, upper: bool):
+        """The rounding error of each QNN neuron as a line: its own variable where it has
+        one (so later layers keep its sign pattern), else its bound."""
+        e_lo, e_hi = self.rounding[layer.index]
+        coeffs = np.zeros((e_lo.size, self.domain_lo.size))
+        if layer.index in self.noise_start:
+            start = self.noise_start[layer.index]
+            coeffs[np.arange(e_lo.size), start + np.arange(e_lo.size)] = 1.0
+            return coeffs, np.zeros(e_lo.size)
+        return coeffs, (e_hi if upper else e_lo)
+
     def _concretise(self, coeffs: np.ndarray, const: np.ndarray, upper: bool) -> np.ndarray:
-        lo, hi = _affine(coeffs, self.x_lo, self.x_hi, const)
+        lo, hi = _affine(coeffs, self.domain_lo, self.domain_hi, const)
         return hi if upper else lo
 
     def _through(self, weight, bias, up, low, a_lo, a_hi, clamp, error=None):

@@ -45,12 +45,15 @@ class ErrorQuery:
     def errors(self, points: np.ndarray) -> np.ndarray:
         """QNN minus float network on the chosen outputs, per point: [B, len(outputs)]."""
         points = np.atleast_2d(np.asarray(points, dtype=np.int64))
+        return self.errors_of(execute(self.qnn, points), self.float_net.forward(self.real_inputs(points)))
+
+    def errors_of(self, q_out: np.ndarray, f_out: np.ndarray) -> np.ndarray:
+        """The same difference from the two networks' raw outputs (QNN integers, float reals)."""
         scale = np.broadcast_to(np.asarray(self.qnn.output_scale, dtype=np.float64).ravel(),
                                 (self.qnn.output_size,))
-        q_real = scale * (execute(self.qnn, points) - self.qnn.output_zero).astype(np.float64)
-        f_real = self.float_net.forward(self.real_inputs(points))
+        q_real = scale * (q_out - self.qnn.output_zero).astype(np.float64)
         columns = list(self.outputs)
-        return q_real[:, columns] - f_real[:, columns]
+        return q_real[:, columns] - f_out[:, columns]
 
 
 @dataclass(frozen=True)

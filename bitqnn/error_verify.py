@@ -14,6 +14,7 @@ import numpy as np
 
 from bitqnn.dra import analysis_for
 from bitqnn.error_query import ErrorOutcome, ErrorQuery
+from bitqnn.error_search import search_error
 from bitqnn.outcome import Verdict
 from bitqnn.verify import Result
 
@@ -23,27 +24,6 @@ ERROR_ENGINES = ("auto", "dra", "search", "milp")
 def dra_bound(query: ErrorQuery, mode: str = "symbolic") -> float:
     """A sound upper bound on max |error| over the box and the chosen outputs."""
     return analysis_for(query).run(mode).max_abs(query.outputs)
-
-
-def search_error(query: ErrorQuery, budget: float, seed: int = 0) -> tuple[np.ndarray, float]:
-    """The point with the largest |error| found: box corners and random points, then
-    coordinate moves towards larger error while the budget (seconds) lasts."""
-    rng = np.random.default_rng(seed)
-    lo, hi = query.region.lo, query.region.hi
-    start = time.perf_counter()
-    candidates = query.probe_points(512, rng)
-    scores = np.abs(query.errors(candidates)).max(axis=1)
-    best = int(np.argmax(scores))
-    x, score = candidates[best].copy(), float(scores[best])
-    while time.perf_counter() - start < budget:
-        moves = np.tile(x, (64, 1))
-        cols = rng.integers(0, x.size, 64)
-        moves[np.arange(64), cols] = rng.integers(lo[cols], hi[cols] + 1)
-        move_scores = np.abs(query.errors(moves)).max(axis=1)
-        top = int(np.argmax(move_scores))
-        if move_scores[top] >= score:
-            x, score = moves[top], float(move_scores[top])
-    return x, score
 
 
 def verify_error(query: ErrorQuery, timeout: float, engine: str = "auto", search_budget: float = 1.0) -> ErrorOutcome:
@@ -66,7 +46,7 @@ def verify_error(query: ErrorQuery, timeout: float, engine: str = "auto", search
         from bitqnn.engines.error_milp import ErrorMilpEngine  # SCIP loads only when needed
 
         remaining = timeout - (time.perf_counter() - start)
-        outcome = ErrorMilpEngine().solve(query, max(remaining, 0.0))
+        outcome = ErrorMilpEngine().solve(query, max(remaining, 0.0), known=witness)
         return _merge(outcome, witness, witnessed, proven, time.perf_counter() - start)
     reason = "DRA bound above eps" if engine == "dra" else "no error above eps found"
     return ErrorOutcome(Verdict.UNKNOWN, engine, time.perf_counter() - start, reason,
@@ -91,7 +71,7 @@ def tightest_bound(query: ErrorQuery, timeout: float, engine: str = "auto",
         return ErrorOutcome(Verdict.UNKNOWN, engine, time.perf_counter() - start, "", witness, witnessed, proven)
     from bitqnn.engines.error_milp import ErrorMilpEngine
 
-    outcome = ErrorMilpEngine().maximize(query, max(timeout - (time.perf_counter() - start), 0.0))
+    outcome = ErrorMilpEngine().maximize(query, max(timeout - (time.perf_counter() - start), 0.0), known=witness)
     return _merge(outcome, witness, witnessed, proven, time.perf_counter() - start)
 
 

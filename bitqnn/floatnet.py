@@ -58,6 +58,22 @@ class FloatNetwork:
             outputs.append(values)
         return outputs if keep_all else values
 
+    def forward_from(self, index: int, values: np.ndarray) -> np.ndarray:
+        """Layers index.. on a flat batch of layer index's inputs."""
+        shapes = self.shapes
+        for position in range(index, len(self.layers)):
+            values = _float_layer(self.layers[position], shapes[position], values)
+        return values
+
+    def pre_activation(self, index: int, values: np.ndarray) -> np.ndarray:
+        """A Dense or Conv layer's affine part, before its clip."""
+        return _float_affine(self.layers[index], self.shapes[index], np.asarray(values, dtype=np.float64))
+
+    def activate(self, index: int, pre: np.ndarray) -> np.ndarray:
+        """A Dense or Conv layer's output from its affine part."""
+        clip = self.layers[index].clip
+        return pre if clip is None else np.clip(pre, *clip)
+
 
 def _float_output_shape(layer: FloatLayer, shape: tuple[int, ...]) -> tuple[int, ...]:
     if isinstance(layer, FloatDense):
@@ -87,9 +103,13 @@ def _float_conv(layer: FloatConv2d, shape: tuple[int, ...], x: np.ndarray) -> np
     return out.reshape(images.shape[0], -1)
 
 
+def _float_affine(layer: FloatDense | FloatConv2d, shape: tuple[int, ...], x: np.ndarray) -> np.ndarray:
+    return x @ layer.weight.T + layer.bias if isinstance(layer, FloatDense) else _float_conv(layer, shape, x)
+
+
 def _float_layer(layer: FloatLayer, shape: tuple[int, ...], x: np.ndarray) -> np.ndarray:
     if isinstance(layer, FloatDense | FloatConv2d):
-        y = x @ layer.weight.T + layer.bias if isinstance(layer, FloatDense) else _float_conv(layer, shape, x)
+        y = _float_affine(layer, shape, x)
         return y if layer.clip is None else np.clip(y, *layer.clip)
     if isinstance(layer, MaxPool2d):
         windows = pool_windows(layer, shape)

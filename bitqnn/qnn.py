@@ -325,8 +325,7 @@ def run_layer(qnn: QNN, index: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarr
     layer = qnn.layers[index]
     if isinstance(layer, Dense | Conv2d):
         form = qnn.linear_form(index)
-        acc = x @ form.matrix.T + form.offset
-        acc = apply_accumulator_policy(qnn, index, acc)
+        acc = apply_accumulator_policy(qnn, index, x @ form.matrix.T + form.offset)
         return layer.output(acc, form.channels[None, :]), acc
     if isinstance(layer, MaxPool2d):
         windows = qnn.pool_windows(index)
@@ -345,6 +344,19 @@ def run_layer(qnn: QNN, index: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarr
     raise TypeError(f"unknown layer {layer!r}")
 
 
+def finish_layer(qnn: QNN, index: int, acc: np.ndarray) -> np.ndarray:
+    """A Dense or Conv2d layer's output from its raw accumulators [B, n_out]."""
+    acc = apply_accumulator_policy(qnn, index, acc)
+    return qnn.layers[index].output(acc, qnn.linear_form(index).channels[None, :])
+
+
+def run_from(qnn: QNN, index: int, values: np.ndarray) -> np.ndarray:
+    """Layers index.. on a flat batch: the network's outputs from layer index's input."""
+    for position in range(index, len(qnn.layers)):
+        values, _ = run_layer(qnn, position, values)
+    return values
+
+
 def check_input(qnn: QNN, x: np.ndarray) -> np.ndarray:
     """Flat int64 batch [B, n]; rejects values outside the representable input range."""
     x = np.asarray(x)
@@ -361,10 +373,7 @@ def check_input(qnn: QNN, x: np.ndarray) -> np.ndarray:
 
 def execute(qnn: QNN, x: np.ndarray) -> np.ndarray:
     """Exact outputs, flat: [B, n_out] for a batch of inputs of any shape [B, *input_shape]."""
-    values = check_input(qnn, x)
-    for index in range(len(qnn.layers)):
-        values, _ = run_layer(qnn, index, values)
-    return values
+    return run_from(qnn, 0, check_input(qnn, x))
 
 
 @dataclass(frozen=True)

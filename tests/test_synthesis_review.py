@@ -333,7 +333,7 @@ def test_imported_model_error_bounds_cover_enumerated_errors(tmp_path, seed):
     ("clip", ("s8", "s8"), True)])
 def test_onnxruntime_quantized_models_pair_with_sound_error_bounds(tmp_path, architecture, types, per_channel):
     """onnxruntime's own QDQ models, imported (clamps folded, scales recorded), against sampled errors."""
-    from bitqnn.error_verify import search_error
+    from bitqnn.error_search import search_error
     from bitqnn.onnx_io import load_float
     from tests.onnx_models import float_model, quantize_float
 

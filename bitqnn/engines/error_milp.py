@@ -306,8 +306,9 @@ class ErrorMilpEngine:
         self.coupling = coupling
         self.scip_extra = scip_extra  # more SCIP parameters, "name = value" per line
 
-    def _setup(self, query: ErrorQuery) -> Setup | ErrorOutcome:
-        """The DRA, a sampled witness and the model; an outcome where the query cannot be stated."""
+    def _setup(self, query: ErrorQuery, known: np.ndarray | None) -> Setup | ErrorOutcome:
+        """The DRA, a sampled witness (or a better one `known` from an earlier search) and the
+        model; an outcome where the query cannot be stated."""
         start = time.perf_counter()
         try:
             analysis = analysis_for(query)
@@ -323,6 +324,8 @@ class ErrorMilpEngine:
         pairs.sort(key=lambda p: -p.dra_bound)  # the likeliest to matter first
         search = Search(query)
         search.sample(self.samples)
+        if known is not None:
+            search.offer(known)
         try:
             model = build_model(query, analysis, dra.lo, dra.hi, self.threads, self.coupling)
         except UnsupportedEncoding as error:
@@ -348,10 +351,10 @@ class ErrorMilpEngine:
 
     # -- the eps question --
 
-    def solve(self, query: ErrorQuery, timeout: float) -> ErrorOutcome:
+    def solve(self, query: ErrorQuery, timeout: float, known: np.ndarray | None = None) -> ErrorOutcome:
         """PROVED when every (output, sign) is bounded by eps, FALSIFIED at the first replayed
         witness above eps, UNKNOWN otherwise."""
-        setup = self._setup(query)
+        setup = self._setup(query, known)
         if isinstance(setup, ErrorOutcome):
             return setup
         eps, search = query.eps, setup.search
@@ -415,9 +418,9 @@ class ErrorMilpEngine:
 
     # -- the tightest bound --
 
-    def maximize(self, query: ErrorQuery, timeout: float) -> ErrorOutcome:
+    def maximize(self, query: ErrorQuery, timeout: float, known: np.ndarray | None = None) -> ErrorOutcome:
         """The largest replayed |error| (witnessed) and a bound on every |error| (proven)."""
-        setup = self._setup(query)
+        setup = self._setup(query, known)
         if isinstance(setup, ErrorOutcome):
             return setup
         search, pairs = setup.search, setup.pairs
