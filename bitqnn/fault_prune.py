@@ -128,17 +128,18 @@ def within_width(qnn: QNN, acc_lo: np.ndarray, acc_hi: np.ndarray) -> np.ndarray
 
 
 def prune(query: Query, analysis: SymbolicAnalysis, cands: Candidates, model: FaultModel,
-          deadline: float = math.inf) -> Pruning:
+          deadline: float = math.inf, symbolic: bool = True) -> Pruning:
     """Drop the candidate rows that provably cannot break the property: invariant neurons
     first (cheapest), then, where a fault touches one parameter, the interval tolerance
-    and last the augmented symbolic analysis for what is left."""
+    and last (unless `symbolic` is off) the augmented symbolic analysis for what is left."""
     qnn, violation, clean = query.network, query.violation, analysis.bounds
     _, invariant = fault_bounds(qnn, clean, cands, model.k)
     keep = ~invariant
     by_tolerance = by_symbolic = 0
     if (model.scope == "one" or model.k == 1) and np.any(keep):
         keep, by_tolerance = _tolerance_pass(qnn, analysis, violation, cands, model.k, keep)
-        keep, by_symbolic = _symbolic_pass(query, clean, cands, model.k, keep, deadline)
+        if symbolic:
+            keep, by_symbolic = _symbolic_pass(query, clean, cands, model.k, keep, deadline)
     return Pruning(cands.subset(keep), clean, len(cands), cands.parameters, int(invariant.sum()), by_tolerance,
                    by_symbolic)
 

@@ -6,7 +6,8 @@ no flip at all fails under every fault model, so the clean network is decided fi
 provably cannot matter, and only the rest reach an exact stage:
 
 * a single input point under scope "one": every remaining flipped value is evaluated on
-  the exact executor, grouped by the neuron output it produces, which is complete;
+  the exact executor, grouped by the neuron output it produces, which is complete (and
+  cheaper than pruning's symbolic pass, so that pass is skipped there);
 * a handful of remaining flip sets: each faulty network as a plain query, full pipeline;
 * otherwise CP-SAT models with a boolean per remaining flip (`encode/cpsat_faults.py`),
   one per neuron when a fault can only touch one parameter.
@@ -84,8 +85,11 @@ class FaultEngine:
         blocker = _unsupported_after_fault(query.network, cands)
         if blocker:
             return FaultOutcome(Verdict.UNKNOWN, self.name, time.perf_counter() - start, blocker, stats=stats)
-        try:
-            pruning = prune(query, analysis_of(query), cands, fq.model, deadline=start + timeout)
+        region = query.region
+        at_point = self.shortcuts and fq.model.scope == "one" and np.array_equal(region.lo, region.hi)
+        try:  # at a point the search below is complete and cheaper than the symbolic pass
+            pruning = prune(query, analysis_of(query), cands, fq.model, deadline=start + timeout,
+                            symbolic=not at_point)
         except PruningTimeout as late:
             return FaultOutcome(Verdict.UNKNOWN, f"{self.name}:pruning", time.perf_counter() - start, str(late),
                                 stats=stats)
@@ -95,8 +99,7 @@ class FaultEngine:
                      remaining_flips=len(pruning.remaining), remaining_parameters=pruning.remaining.parameters)
         if len(pruning.remaining) == 0:
             return FaultOutcome(Verdict.PROVED, f"{self.name}:pruning", time.perf_counter() - start, stats=stats)
-        region = query.region
-        if self.shortcuts and fq.model.scope == "one" and np.array_equal(region.lo, region.hi):
+        if at_point:
             engine = f"{self.name}:point"
             try:
                 found = point_search(query.network, region.lo, query.violation, pruning.remaining, fq.model)
