@@ -10,13 +10,20 @@ Three tests, cheapest first, each sound for the fault model it is applied under:
   inside it is harmless.
 * Augmented symbolic analysis (same condition) for what is left (`fault_perturb`).
 
+A fourth test, `screen`, is the fault engine's to call when few flip sets are left:
+symbolic bounds of each faulty network on its own. It costs one analysis per set, but it
+is the only test that sees a fault's effect on every later layer's relaxation, so it
+settles sets that all cheaper tests leave (and that CP-SAT, handed them together, may not).
+
 What survives goes to an exact engine. The counts are reported, since how much is
 pruned decides how long the rest takes.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +31,7 @@ import numpy as np
 from bitqnn.bounds import LayerBounds, NetworkBounds, interval_product
 from bitqnn.fault_perturb import harmless_rows
 from bitqnn.fault_tolerance import DifferenceCheck, tolerances
-from bitqnn.faults import Candidates, FaultModel
+from bitqnn.faults import Candidates, FaultModel, Flip, apply_flips, patterns
 from bitqnn.qnn import QNN, Dense
 from bitqnn.query import Query, Violation
 from bitqnn.symbolic import SymbolicAnalysis
@@ -232,3 +239,42 @@ def parameter_moves(qnn: QNN, cands: Candidates, k: int, bounds: NetworkBounds) 
     corners = np.stack([most * a, most * b, least * a, least * b])
     return ParameterMoves(cands.neuron[first], corners.min(axis=0), corners.max(axis=0), (a < 0) & (b > 0),
                           row_param)
+
+
+@dataclass(frozen=True)
+class Screening:
+    keep: np.ndarray  # bool per candidate row: in some flip set the bounds did not settle
+    open_sets: list[tuple[int, ...]]  # the flip sets (candidate rows) not settled
+    screened: int  # flip sets analysed before the deadline
+
+
+def screen(query: Query, cands: Candidates, model: FaultModel, limit: int, deadline: float) -> Screening | None:
+    """Symbolic bounds of each faulty network the candidates allow, one flip set at a time;
+    None when there are more than `limit` sets. A row stays if any set holding it is not
+    proved, or was not reached by the deadline (sound: a row that stays is only looked at
+    again, by an exact engine, together with the sets already proved)."""
+    sets = list(itertools.islice(patterns(cands, model), limit + 1))
+    if len(sets) > limit:
+        return None
+    open_sets = []
+    screened = 0
+    for rows in sets:
+        if time.perf_counter() > deadline:
+            open_sets.append(rows)
+            continue
+        screened += 1
+        if not faulty_network_proved(query, [cands.flip(j) for j in rows]):
+            open_sets.append(rows)
+    keep = np.zeros(len(cands), dtype=bool)
+    keep[[j for rows in open_sets for j in rows]] = True
+    return Screening(keep, open_sets, screened)
+
+
+def faulty_network_proved(query: Query, flips: list[Flip]) -> bool:
+    """Do the symbolic bounds of the network with these flips prove the property? Never where
+    an accumulator may leave its width: what that means is the exact engines' to settle."""
+    analysis = SymbolicAnalysis(apply_flips(query.network, flips), query.region)
+    if analysis.bounds.overflow_sites():
+        return False
+    violation, everywhere = analysis.prune(query.violation)
+    return not violation.terms and not everywhere

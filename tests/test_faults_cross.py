@@ -9,6 +9,7 @@ network, and its flips are checked against the budget and the scope.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -19,7 +20,7 @@ from bitqnn.engines.enumeration import box_points
 from bitqnn.engines.fault_enumeration import FaultEnumerationEngine, pattern_count
 from bitqnn.engines.faults import FaultEngine, FaultOutcome
 from bitqnn.engines.smt_faults import SmtFaultEngine
-from bitqnn.fault_prune import fault_bounds
+from bitqnn.fault_prune import fault_bounds, screen
 from bitqnn.faults import (
     SCOPES,
     BitSelection,
@@ -147,6 +148,7 @@ class Tally:
     proved: int = 0
     falsified: int = 0
     clean_falsified: int = 0
+    by_screening: int = 0  # auto's answers settled by screening or decided per faulty network after it
 
 
 def agreed_outcomes(fq: FaultQuery, engines: list, seed: int) -> list[FaultOutcome]:
@@ -166,6 +168,7 @@ def cross_check(seeds: range, broad: bool) -> Tally:
     tally = Tally()
     for seed in seeds:
         outcomes = agreed_outcomes(random_fault_query(seed, broad), engines, seed)
+        tally.by_screening += "screened_sets" in outcomes[-1].stats
         if outcomes[0].verdict is Verdict.PROVED:
             tally.proved += 1
         elif outcomes[0].flips:
@@ -178,6 +181,7 @@ def cross_check(seeds: range, broad: bool) -> Tally:
 def test_fault_engines_agree_with_brute_force():
     tally = cross_check(range(200), broad=False)
     assert tally.proved >= 50 and tally.falsified >= 50 and tally.clean_falsified >= 5, tally
+    assert tally.by_screening >= 50, tally
 
 
 @pytest.mark.slow
@@ -228,3 +232,38 @@ def test_fault_bounds_contain_every_faulty_network():
                 fixed = layer_bounds.lo == layer_bounds.hi
                 assert np.all((acc >= layer_bounds.acc_lo) | fixed) and np.all((acc <= layer_bounds.acc_hi) | fixed), \
                     (seed, rows, index)
+
+
+def test_screening_settles_only_flip_sets_without_a_counterexample():
+    """`screen` drops a flip set when its faulty network's own symbolic bounds prove the
+    property; brute force over the box must then find no violation on that network, and
+    every row of a set it keeps open must stay a candidate."""
+    settled = open_count = 0
+    for seed in range(80):
+        fq = random_fault_query(seed)
+        query, model = fq.query, fq.model
+        cands = candidates(query.network, model)
+        screening = screen(query, cands, model, limit=10_000, deadline=math.inf)
+        assert screening is not None and screening.screened == pattern_count(cands, model), seed
+        points = box_points(query.region.lo, query.region.hi, 0, query.region.points)
+        open_sets = set(screening.open_sets)
+        for rows in patterns(cands, model):
+            if rows in open_sets:
+                open_count += 1
+                assert screening.keep[list(rows)].all(), (seed, rows)
+                continue
+            settled += 1
+            outputs = execute(apply_flips(query.network, tuple(cands.flip(j) for j in rows)), points)
+            assert not query.violation.holds(outputs).any(), (seed, rows)
+    assert settled >= 100 and open_count >= 100, (settled, open_count)
+
+
+def test_screening_gives_up_on_many_flip_sets_and_keeps_unreached_ones():
+    fq = random_fault_query(3)
+    query, model = fq.query, fq.model
+    cands = candidates(query.network, model)
+    count = pattern_count(cands, model)
+    assert screen(query, cands, model, limit=count - 1, deadline=math.inf) is None
+    late = screen(query, cands, model, limit=count, deadline=-math.inf)
+    assert late is not None and late.screened == 0 and late.keep.all()
+    assert len(late.open_sets) == count

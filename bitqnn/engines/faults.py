@@ -8,6 +8,8 @@ provably cannot matter, and only the rest reach an exact stage:
 * a single input point under scope "one": every remaining flipped value is evaluated on
   the exact executor, grouped by the neuron output it produces, which is complete (and
   cheaper than pruning's symbolic pass, so that pass is skipped there);
+* up to a few hundred remaining flip sets: first the symbolic bounds of each faulty
+  network on its own (`fault_prune.screen`), which settle most of them;
 * a handful of remaining flip sets: each faulty network as a plain query, full pipeline;
 * otherwise CP-SAT models with a boolean per remaining flip (`encode/cpsat_faults.py`),
   one per neuron when a fault can only touch one parameter.
@@ -15,7 +17,6 @@ provably cannot matter, and only the rest reach an exact stage:
 
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import dataclass, field, replace
 
@@ -24,10 +25,11 @@ from ortools.sat.python import cp_model
 
 from bitqnn.bounds import NetworkBounds
 from bitqnn.encode.cpsat_faults import encode_fault_term
+from bitqnn.engines.attack import AttackEngine
 from bitqnn.engines.cpsat import input_values, solve_model
 from bitqnn.engines.registry import make_engine
 from bitqnn.fault_perturb import PruningTimeout
-from bitqnn.fault_prune import Pruning, fault_bounds, prune
+from bitqnn.fault_prune import Pruning, fault_bounds, prune, screen
 from bitqnn.faults import (
     Candidates,
     FaultModel,
@@ -36,7 +38,6 @@ from bitqnn.faults import (
     apply_flips,
     candidates,
     flipped_values,
-    patterns,
 )
 from bitqnn.outcome import Verdict
 from bitqnn.qnn import QNN, AccumulatorOverflow, Dense, apply_accumulator_policy, run_layer
@@ -45,6 +46,9 @@ from bitqnn.symbolic import analysis_of
 
 CLEAN_SHARE = 0.5  # at most this part of the timeout goes to the clean network
 PER_PATTERN_LIMIT = 32  # up to this many remaining flip sets are decided one faulty network at a time
+SCREEN_LIMIT = 256  # up to this many remaining flip sets are each screened by their own symbolic bounds ...
+SCREEN_SHARE = 0.5  # ... in at most this part of the time left
+ATTACK_SECONDS = 0.5  # a gradient attack on each faulty network before the first long proof
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ class FaultEngine:
         self.name = f"faults-{name}"
         self.shortcuts = name == "auto"  # point evaluation and per-flip queries; "cpsat" is the pure encoding
         self.clean = make_engine("auto" if name == "auto" else "cpsat")
+        self.attack = AttackEngine(budget=ATTACK_SECONDS, phases=("gradient",))
 
     def solve(self, fq: FaultQuery, timeout: float) -> FaultOutcome:
         start = time.perf_counter()
@@ -109,22 +114,48 @@ class FaultEngine:
                 return FaultOutcome(Verdict.PROVED, engine, time.perf_counter() - start, stats=stats)
             return FaultOutcome(Verdict.FALSIFIED, engine, time.perf_counter() - start, "", region.lo.copy(),
                                 found, stats)
-        remaining = timeout - (time.perf_counter() - start)
-        few = list(itertools.islice(patterns(pruning.remaining, fq.model), PER_PATTERN_LIMIT + 1))
-        if self.shortcuts and len(few) <= PER_PATTERN_LIMIT:
-            return self._per_pattern(query, [tuple(pruning.remaining.flip(j) for j in p) for p in few], remaining,
-                                     start, stats)
-        return self._cpsat(query, fq.model, pruning, remaining, start, stats)
+        if self.shortcuts:  # screening lists the flip sets only where there are few of them
+            left = timeout - (time.perf_counter() - start)
+            pruning, unsettled = self._screen(query, fq.model, pruning, time.perf_counter() + left * SCREEN_SHARE,
+                                              stats)
+            if unsettled == []:
+                return FaultOutcome(Verdict.PROVED, f"{self.name}:screen", time.perf_counter() - start, stats=stats)
+            if unsettled is not None and len(unsettled) <= PER_PATTERN_LIMIT:
+                return self._per_pattern(query, unsettled, timeout - (time.perf_counter() - start), start, stats)
+        return self._cpsat(query, fq.model, pruning, timeout - (time.perf_counter() - start), start, stats)
+
+    def _screen(self, query: Query, model: FaultModel, pruning: Pruning, deadline: float,
+                stats: dict) -> tuple[Pruning, list[tuple[Flip, ...]] | None]:
+        """Each remaining flip set's own symbolic bounds, where there are few sets: the
+        candidates left and the sets not settled (None: too many sets, none screened)."""
+        screening = screen(query, pruning.remaining, model, SCREEN_LIMIT, deadline)
+        if screening is None:
+            return pruning, None
+        unsettled = [tuple(pruning.remaining.flip(j) for j in rows) for rows in screening.open_sets]
+        reduced = pruning.remaining.subset(screening.keep)
+        stats.update(screened_sets=screening.screened, pruned_screen=len(pruning.remaining) - len(reduced),
+                     remaining_flips=len(reduced), remaining_parameters=reduced.parameters)
+        return replace(pruning, remaining=reduced), unsettled
 
     def _per_pattern(self, query: Query, faults: list[tuple[Flip, ...]], seconds: float, start: float,
                      stats: dict) -> FaultOutcome:
         """A handful of flip sets: each is a plain query on its faulty network, so it gets the
-        full pipeline, symbolic bounds of that very network included."""
+        full pipeline, symbolic bounds of that very network included. Every network gets a
+        short attack first: the sets are decided in turn, and one hard proof early in the
+        list would otherwise use up the time of a set that is easy to falsify."""
         engine = f"{self.name}:per-flip"
         deadline = time.perf_counter() + seconds
         stats["exact_groups"] = len(faults)
-        for number, flips in enumerate(faults):
-            faulty = replace(query, network=apply_flips(query.network, flips))
+        networks = [replace(query, network=apply_flips(query.network, flips)) for flips in faults]
+        for flips, faulty in zip(faults, networks, strict=True):
+            try:
+                attacked = self.attack.solve(faulty, min(ATTACK_SECONDS, deadline - time.perf_counter()))
+            except AccumulatorOverflow:
+                continue  # the full pipeline below reports it
+            if attacked.verdict is Verdict.FALSIFIED:
+                return FaultOutcome(Verdict.FALSIFIED, f"{engine}:attack", time.perf_counter() - start, "",
+                                    attacked.witness, flips, stats)
+        for number, (flips, faulty) in enumerate(zip(faults, networks, strict=True)):
             try:
                 outcome = self.clean.solve(faulty, deadline - time.perf_counter())
             except AccumulatorOverflow as overflow:
