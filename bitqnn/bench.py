@@ -55,10 +55,13 @@ def load_benchmark(model: str, data: str, images: int) -> tuple[QNN, np.ndarray,
     return qnn, x_test[chosen], y_test[chosen], skipped
 
 
-def make_queries(qnn: QNN, images: np.ndarray, labels: np.ndarray, radii: list[int]) -> list[Query]:
+def make_queries(qnn: QNN, images: np.ndarray, labels: np.ndarray, radii: list[int],
+                 first: int = 0) -> list[Query]:
+    """Robustness of each label on each radius's box; `first` numbers the images from there
+    (a run over later images keeps the labels of a run over all of them)."""
     queries = []
     for radius in radii:
-        for number, (x, label) in enumerate(zip(images, labels, strict=True)):
+        for number, (x, label) in enumerate(zip(images, labels, strict=True), start=first):
             box = Box(np.maximum(x - radius, qnn.input_lo), np.minimum(x + radius, qnn.input_hi))
             queries.append(Query(qnn, box, robust_violation(int(label), qnn.output_size, "strict"),
                                  label=f"image {number} radius {radius}"))

@@ -3,8 +3,8 @@
 Models: float ReLU MLPs trained on MNIST (benchmarks/train_bitflip.py: trained on the
 first 8000 images of the shared MNIST test set, since that is the MNIST data at hand),
 quantized into 8-bit fixed point (weights and activations 8 bits, 8-bit input with 8
-fraction bits). Queries: the first --images correctly classified held-out images
-(index 8000 on), L-inf radius r pixel steps, and robustness of the true label under at
+fraction bits). Queries: --images correctly classified held-out images (index 8000 on,
+after the first --first-image of them), L-inf radius r pixel steps, and robustness of the true label under at
 most k flipped bits of one stored weight anywhere in the network (scope "one", every
 bit position: BFAVerifier's fault model). Reported per model, radius and k: decided
 counts, median and maximum time, and the share of candidate flips pruned before any
@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated float ONNX models")
     parser.add_argument("--data", default="../shared/data/mnist_test.npz")
     parser.add_argument("--images", type=int, default=20, help="correctly classified held-out images per setting")
+    parser.add_argument("--first-image", type=int, default=0,
+                        help="skip this many of them (to extend or split a run; labels keep their numbers)")
     parser.add_argument("--radii", default="0,1,2")
     parser.add_argument("--k", default="1,2", help="comma-separated flip budgets")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per query")
@@ -60,6 +62,10 @@ def run_bitflip_benchmark(args: argparse.Namespace) -> int:
         print(f"bitqnn: error: --radii and --k take comma-separated integers, got {args.radii!r}, {args.k!r}",
               file=sys.stderr)
         return 2
+    if args.images < 1 or args.first_image < 0:
+        print(f"bitqnn: error: --images must be >= 1 and --first-image >= 0, got {args.images}, {args.first_image}",
+              file=sys.stderr)
+        return 2
     for path in [*models, args.data]:
         if not Path(path).exists():
             print(f"bitqnn: error: {path} does not exist (run from the repository root, or pass --models/--data)",
@@ -77,12 +83,12 @@ def run_bitflip_benchmark(args: argparse.Namespace) -> int:
         predicted = execute(qnn, x_all[HELD_OUT:]).argmax(axis=1)
         correct = np.flatnonzero(predicted == y_all[HELD_OUT:])
         accuracy = len(correct) / len(predicted)
-        chosen = HELD_OUT + correct[:args.images]
+        chosen = HELD_OUT + correct[args.first_image:args.first_image + args.images]
         name = Path(model).stem
         print(f"{name}: {CONFIG.describe()}; held-out accuracy {accuracy:.4f}", flush=True)
         for k in budgets:
             faults = weight_faults(qnn, k)
-            for query in make_queries(qnn, x_all[chosen], y_all[chosen], radii):
+            for query in make_queries(qnn, x_all[chosen], y_all[chosen], radii, args.first_image):
                 result = verify_fault(FaultQuery(query, faults), engine, args.timeout)
                 stats = result.stats
                 pruned = (stats["candidate_flips"] - stats["remaining_flips"]) / stats["candidate_flips"] \

@@ -47,3 +47,20 @@ def test_an_engine_that_cannot_model_flips_is_refused_with_the_position(capsys, 
     code, _, err = run(capsys, "prove", spec)
     assert code == EXIT_INPUT
     assert f"{spec}:3:1" in err and "does not analyse bit flips" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bitflip_benchmark_refuses_a_bad_image_range_in_one_line(capsys):
+    """Checked before any model or data file is read, so the test needs neither."""
+    code, out, err = run(capsys, "bench", "bitflip", "--first-image", "-1")
+    assert code == EXIT_INPUT and not out
+    assert err.strip().count("\n") == 0 and "--first-image >= 0, got 20, -1" in err
+
+
+def test_benchmark_queries_keep_their_image_numbers_when_a_run_starts_later():
+    from bitqnn.bench import make_queries
+
+    qnn = load_qnn(ROOT / "examples/digits/digits_q8.onnx")
+    images = np.zeros((2, qnn.input_size), dtype=np.int64)
+    queries = make_queries(qnn, images, np.array([3, 5]), [1, 2], first=8)
+    assert [q.label for q in queries] == ["image 8 radius 1", "image 9 radius 1", "image 8 radius 2",
+                                          "image 9 radius 2"]
