@@ -17,12 +17,13 @@ may be reported as PROVED.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
 from ortools.linear_solver import pywraplp
 
-from bitqnn.bench import load_benchmark, make_queries
+from bitqnn.bench import BenchInputError, load_benchmark, make_queries
 from bitqnn.bounds import NetworkBounds
 from bitqnn.hull import stage_hull
 from bitqnn.qnn import QNN, Dense
@@ -68,9 +69,16 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--radii", default="1,2,3,4")
     args = parser.parse_args()
-    qnn, images, labels, _ = load_benchmark(args.model, args.data, args.images)
+    try:
+        radii = [int(r) for r in args.radii.split(",")]
+    except ValueError:
+        sys.exit(f"lp_gap: error: --radii takes comma-separated integers, got {args.radii!r}")
+    try:
+        qnn, images, labels, _ = load_benchmark(args.model, args.data, args.images)
+    except BenchInputError as error:
+        sys.exit(f"lp_gap: error: {error}")
     per_radius: dict[str, list[int]] = {}
-    for query in make_queries(qnn, images, labels, [int(r) for r in args.radii.split(",")]):
+    for query in make_queries(qnn, images, labels, radii):
         start = time.perf_counter()
         analysis = SymbolicAnalysis(qnn, query.region)
         left, _ = analysis.prune(query.violation)

@@ -4,9 +4,9 @@ Models: float ReLU MLPs trained on MNIST (benchmarks/train_bitflip.py: trained o
 first 8000 images of the shared MNIST test set, since that is the MNIST data at hand),
 quantized into 8-bit fixed point (weights and activations 8 bits, 8-bit input with 8
 fraction bits). Queries: --images correctly classified held-out images (index 8000 on,
-after the first --first-image of them), L-inf radius r pixel steps, and robustness of the true label under at
-most k flipped bits of one stored weight anywhere in the network (scope "one", every
-bit position: BFAVerifier's fault model). Reported per model, radius and k: decided
+after the first --first-image of them), L-inf radius r pixel steps, and robustness of
+the true label under at most k flipped bits of one stored weight anywhere in the network
+(scope "one", every bit position: BFAVerifier's fault model). Reported per model, radius and k: decided
 counts, median and maximum time, and the share of candidate flips pruned before any
 exact solving. Reads ../shared/data, so it is a benchmark, never a test.
 """
