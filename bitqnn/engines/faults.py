@@ -73,7 +73,8 @@ class FaultEngine:
         self.name = f"faults-{name}"
         self.shortcuts = name == "auto"  # point evaluation and per-flip queries; "cpsat" is the pure encoding
         self.clean = make_engine("auto" if name == "auto" else "cpsat")
-        self.attack = AttackEngine(budget=ATTACK_SECONDS, phases=("gradient",))
+        # its own seed: `auto` runs a gradient attack of the same length with the default one
+        self.attack = AttackEngine(budget=ATTACK_SECONDS, phases=("gradient",), seed=1)
 
     def solve(self, fq: FaultQuery, timeout: float) -> FaultOutcome:
         start = time.perf_counter()
