@@ -24,17 +24,17 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from bitqnn.bounds import LayerBounds, NetworkBounds, interval_product
 from bitqnn.fault_perturb import harmless_rows
 from bitqnn.fault_tolerance import DifferenceCheck, tolerances
-from bitqnn.faults import Candidates, FaultModel, Flip, apply_flips, patterns
+from bitqnn.faults import Candidates, FaultModel, apply_flips, patterns
 from bitqnn.qnn import QNN, Dense
 from bitqnn.query import Query, Violation
-from bitqnn.symbolic import SymbolicAnalysis
+from bitqnn.symbolic import SymbolicAnalysis, analysis_of
 
 
 @dataclass(frozen=True)
@@ -244,7 +244,8 @@ def parameter_moves(qnn: QNN, cands: Candidates, k: int, bounds: NetworkBounds) 
 @dataclass(frozen=True)
 class Screening:
     keep: np.ndarray  # bool per candidate row: in some flip set the bounds did not settle
-    open_sets: list[tuple[int, ...]]  # the flip sets (candidate rows) not settled
+    open_sets: list[tuple[int, ...]]  # the flip sets (candidate rows) not settled ...
+    open_queries: list[Query]  # ... and each one's query on its faulty network (analysed, where reached)
     screened: int  # flip sets analysed before the deadline
 
 
@@ -252,29 +253,32 @@ def screen(query: Query, cands: Candidates, model: FaultModel, limit: int, deadl
     """Symbolic bounds of each faulty network the candidates allow, one flip set at a time;
     None when there are more than `limit` sets. A row stays if any set holding it is not
     proved, or was not reached by the deadline (sound: a row that stays is only looked at
-    again, by an exact engine, together with the sets already proved)."""
+    again, by an exact engine, together with the sets already proved). The open sets'
+    queries carry their analyses (`analysis_of`), so an engine given them next does not
+    compute the bounds again."""
     sets = list(itertools.islice(patterns(cands, model), limit + 1))
     if len(sets) > limit:
         return None
-    open_sets = []
+    open_sets, open_queries = [], []
     screened = 0
     for rows in sets:
-        if time.perf_counter() > deadline:
-            open_sets.append(rows)
-            continue
-        screened += 1
-        if not faulty_network_proved(query, [cands.flip(j) for j in rows]):
-            open_sets.append(rows)
+        faulty = replace(query, network=apply_flips(query.network, [cands.flip(j) for j in rows]))
+        if time.perf_counter() <= deadline:
+            screened += 1
+            if faulty_network_proved(faulty):
+                continue
+        open_sets.append(rows)
+        open_queries.append(faulty)
     keep = np.zeros(len(cands), dtype=bool)
     keep[[j for rows in open_sets for j in rows]] = True
-    return Screening(keep, open_sets, screened)
+    return Screening(keep, open_sets, open_queries, screened)
 
 
-def faulty_network_proved(query: Query, flips: list[Flip]) -> bool:
-    """Do the symbolic bounds of the network with these flips prove the property? Never where
-    an accumulator may leave its width: what that means is the exact engines' to settle."""
-    analysis = SymbolicAnalysis(apply_flips(query.network, flips), query.region)
+def faulty_network_proved(faulty: Query) -> bool:
+    """Do the symbolic bounds of a faulty network prove the property? Never where an
+    accumulator may leave its width: what that means is the exact engines' to settle."""
+    analysis = analysis_of(faulty)
     if analysis.bounds.overflow_sites():
         return False
-    violation, everywhere = analysis.prune(query.violation)
+    violation, everywhere = analysis.prune(faulty.violation)
     return not violation.terms and not everywhere

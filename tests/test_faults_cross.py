@@ -36,6 +36,7 @@ from bitqnn.outcome import Verdict
 from bitqnn.properties import robust_violation, targeted_violation
 from bitqnn.qnn import QNN, Dense, Storage, execute, run_layer
 from bitqnn.query import Box, Query
+from bitqnn.symbolic import _ANALYSES
 from tests.netgen import REQUANT_KINDS, random_dense_qnn
 
 SIZES = ((2, 3, 2), (3, 3, 2), (2, 4, 3), (3, 2, 3))
@@ -246,14 +247,17 @@ def test_screening_settles_only_flip_sets_without_a_counterexample():
         screening = screen(query, cands, model, limit=10_000, deadline=math.inf)
         assert screening is not None and screening.screened == pattern_count(cands, model), seed
         points = box_points(query.region.lo, query.region.hi, 0, query.region.points)
-        open_sets = set(screening.open_sets)
+        open_queries = dict(zip(screening.open_sets, screening.open_queries, strict=True))
         for rows in patterns(cands, model):
-            if rows in open_sets:
+            outputs = execute(apply_flips(query.network, tuple(cands.flip(j) for j in rows)), points)
+            if rows in open_queries:
                 open_count += 1
                 assert screening.keep[list(rows)].all(), (seed, rows)
+                faulty = open_queries[rows]  # the set's own network, with the analysis screening made
+                assert np.array_equal(execute(faulty.network, points), outputs), (seed, rows)
+                assert faulty in _ANALYSES, (seed, rows)
                 continue
             settled += 1
-            outputs = execute(apply_flips(query.network, tuple(cands.flip(j) for j in rows)), points)
             assert not query.violation.holds(outputs).any(), (seed, rows)
     assert settled >= 100 and open_count >= 100, (settled, open_count)
 

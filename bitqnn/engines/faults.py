@@ -35,7 +35,6 @@ from bitqnn.faults import (
     FaultModel,
     FaultQuery,
     Flip,
-    apply_flips,
     candidates,
     flipped_values,
 )
@@ -122,23 +121,25 @@ class FaultEngine:
             if unsettled == []:
                 return FaultOutcome(Verdict.PROVED, f"{self.name}:screen", time.perf_counter() - start, stats=stats)
             if unsettled is not None and len(unsettled) <= PER_PATTERN_LIMIT:
-                return self._per_pattern(query, unsettled, timeout - (time.perf_counter() - start), start, stats)
+                return self._per_pattern(unsettled, timeout - (time.perf_counter() - start), start, stats)
         return self._cpsat(query, fq.model, pruning, timeout - (time.perf_counter() - start), start, stats)
 
     def _screen(self, query: Query, model: FaultModel, pruning: Pruning, deadline: float,
-                stats: dict) -> tuple[Pruning, list[tuple[Flip, ...]] | None]:
+                stats: dict) -> tuple[Pruning, list[tuple[tuple[Flip, ...], Query]] | None]:
         """Each remaining flip set's own symbolic bounds, where there are few sets: the
-        candidates left and the sets not settled (None: too many sets, none screened)."""
+        candidates left and the sets not settled with their faulty networks' queries
+        (None: too many sets, none screened)."""
         screening = screen(query, pruning.remaining, model, SCREEN_LIMIT, deadline)
         if screening is None:
             return pruning, None
-        unsettled = [tuple(pruning.remaining.flip(j) for j in rows) for rows in screening.open_sets]
+        unsettled = [(tuple(pruning.remaining.flip(j) for j in rows), faulty)
+                     for rows, faulty in zip(screening.open_sets, screening.open_queries, strict=True)]
         reduced = pruning.remaining.subset(screening.keep)
         stats.update(screened_sets=screening.screened, pruned_screen=len(pruning.remaining) - len(reduced),
                      remaining_flips=len(reduced), remaining_parameters=reduced.parameters)
         return replace(pruning, remaining=reduced), unsettled
 
-    def _per_pattern(self, query: Query, faults: list[tuple[Flip, ...]], seconds: float, start: float,
+    def _per_pattern(self, faults: list[tuple[tuple[Flip, ...], Query]], seconds: float, start: float,
                      stats: dict) -> FaultOutcome:
         """A handful of flip sets: each is a plain query on its faulty network, so it gets the
         full pipeline, symbolic bounds of that very network included. Every network gets a
@@ -147,8 +148,7 @@ class FaultEngine:
         engine = f"{self.name}:per-flip"
         deadline = time.perf_counter() + seconds
         stats["exact_groups"] = len(faults)
-        networks = [replace(query, network=apply_flips(query.network, flips)) for flips in faults]
-        for flips, faulty in zip(faults, networks, strict=True):
+        for flips, faulty in faults:
             try:
                 attacked = self.attack.solve(faulty, min(ATTACK_SECONDS, deadline - time.perf_counter()))
             except AccumulatorOverflow:
@@ -156,7 +156,7 @@ class FaultEngine:
             if attacked.verdict is Verdict.FALSIFIED:
                 return FaultOutcome(Verdict.FALSIFIED, f"{engine}:attack", time.perf_counter() - start, "",
                                     attacked.witness, flips, stats)
-        for number, (flips, faulty) in enumerate(zip(faults, networks, strict=True)):
+        for number, (flips, faulty) in enumerate(faults):
             try:
                 outcome = self.clean.solve(faulty, deadline - time.perf_counter())
             except AccumulatorOverflow as overflow:
