@@ -9,12 +9,15 @@ Three modes, kept side by side so their precision can be compared on the same qu
   activation difference splits into clamp_q(a_q) - clamp_q(a_f) (1-Lipschitz, so within
   [min(0, da), max(0, da)]), clamp_q(a_f) - clip_f(a_f) (where only one network clamps) and
   the rounding error read off the exact step function.
-- `symbolic`: linear bounds in the shared real input on the difference itself. The
-  accumulator difference is composed from the previous layer's difference lines and the
-  float network's own lines (a forward DeepPoly-style pass); each activation difference is
+- `symbolic`: linear bounds on the difference itself, back-substituted through both
+  networks to the shared real input (`bitqnn.dra_backsub`). Each activation difference is
   bounded by lines from both networks' relaxations (the QNN's clamp-plus-rounding and the
   float ReLU, each a piecewise-linear map between two lines), where the input terms
-  cancel exactly if both are surely linear. Met with the concrete interval at every layer.
+  cancel exactly if both are surely linear, or by lines in the accumulator difference
+  alone; per neuron the tighter. Met with the concrete interval at every layer.
+
+The float network's own bounds, which every mode but `naive` starts from, are
+back-substituted too.
 
 All arithmetic is float64 with every concretised bound widened by a relative margin far
 above its rounding error; the result bounds the exact real difference, which the tests
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bitqnn.bounds import NetworkBounds, interval_bounds, interval_product
+from bitqnn.dra_backsub import BackSubstitution, DifferenceLines, FloatLines, Line
 from bitqnn.error_query import ErrorQuery
 from bitqnn.floatnet import FloatNetwork
 from bitqnn.pairing import RELATIVE_MARGIN, PairedLayer, clip_gap, pair_layers, rounding_error
@@ -119,19 +123,7 @@ class DifferentialAnalysis:
         self.rounding = {layer.index: rounding_error(layer, self.q_bounds.layers[layer.index].acc_lo,
                                                      self.q_bounds.layers[layer.index].acc_hi)
                          for layer in self.layers}
-        # the symbolic mode's variables: the real input, then one per rounding QNN neuron
-        # (its exact rounding error y_q - clamp(a_q), free in its range)
-        self.noise_start: dict[int, int] = {}
-        lows, highs = [self.x_lo], [self.x_hi]
-        columns = self.x_lo.size
-        for layer in self.layers:
-            e_lo, e_hi = self.rounding[layer.index]
-            if np.any(e_hi > e_lo):
-                self.noise_start[layer.index] = columns
-                columns += e_lo.size
-                lows.append(e_lo)
-                highs.append(e_hi)
-        self.domain_lo, self.domain_hi = np.concatenate(lows), np.concatenate(highs)
+        self.lines = BackSubstitution(self.layers, self.x_lo, self.x_hi)
         self.float_pre = self._float_symbolic()
 
     def _float_intervals(self) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -143,13 +135,15 @@ class DifferentialAnalysis:
         return pre
 
     def _float_symbolic(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Pre-activation bounds of the float network from its own linear bounds."""
-        up = low = self._input_lines()
+        """Pre-activation bounds of the float network by back-substitution, met with intervals;
+        each layer's relaxation is registered for the layers after it (and the symbolic mode)."""
         pre = []
-        for layer, (a_lo, a_hi) in zip(self.layers, self.float_intervals, strict=True):
-            up, low, bounds = self._through(layer.float_weight, layer.float_bias, up, low, a_lo, a_hi,
-                                            _float_clamp(layer))
-            pre.append(bounds)
+        for position, (layer, (i_lo, i_hi)) in enumerate(zip(self.layers, self.float_intervals, strict=True)):
+            eye = np.eye(layer.float_bias.size)
+            lo = np.maximum(i_lo, self.lines.lower(position, None, eye, post=False))
+            hi = np.maximum(np.minimum(i_hi, self.lines.upper(position, None, eye, post=False)), lo)
+            pre.append((lo, hi))
+            self.lines.float_lines.append(FloatLines(*_relax(_float_clamp(layer), lo, hi)))
         return pre
 
     def run(self, mode: str) -> DifferenceBounds:
@@ -195,158 +189,87 @@ class DifferentialAnalysis:
         return np.maximum(lo, q_lo - f_hi), np.minimum(hi, q_hi - f_lo)
 
     def symbolic(self) -> DifferenceBounds:
-        """Linear bounds in x on the difference itself, layer by layer.
+        """Back-substituted bounds on the difference itself, layer by layer.
 
-        Each activation's difference is bounded by lines built from the two networks'
-        own relaxations (`_difference_lines`), or by the concrete interval for a neuron
-        where that is tighter. Each layer's bounds are met with the concrete mode's, so
-        this is never looser.
+        At each layer the accumulator difference is bounded by back-substitution, then
+        each neuron's activation difference gets the upper and lower line, among
+        `_candidate_lines`, whose back-substituted bound is tightest (a line before the
+        constant on a tie: its input dependence can still cancel in later layers). Each
+        layer's bounds are met with the concrete mode's, so this is never looser.
         """
-        n = self.x_lo.size
-        zero = (np.zeros((n, self.domain_lo.size)), np.zeros(n))
-        f_up = f_low = self._input_lines()
-        d_up, d_low = zero, zero
         f_lo, f_hi = self.x_lo, self.x_hi
-        d_lo = d_hi = np.zeros(n)
-        for layer, (a_lo, a_hi) in zip(self.layers, self.float_pre, strict=True):
+        d_lo = d_hi = np.zeros(self.x_lo.shape)
+        del self.lines.difference_lines[:]
+        for position, (layer, (a_lo, a_hi)) in enumerate(zip(self.layers, self.float_pre, strict=True)):
+            eye, none = np.eye(layer.float_bias.size), np.zeros((layer.float_bias.size,) * 2)
             da_lo, da_hi = self._accumulator_difference(layer, f_lo, f_hi, d_lo, d_hi, a_lo, a_hi)
-            gap = layer.q_weight - layer.float_weight
-            da_up = _compose(layer.q_weight, d_up, d_low, gap, f_up, f_low, layer.q_bias - layer.float_bias)
-            da_low = _compose(layer.q_weight, d_low, d_up, gap, f_low, f_up, layer.q_bias - layer.float_bias)
-            da_lo = np.maximum(da_lo, self._concretise(*da_low, upper=False))
-            da_hi = np.minimum(da_hi, self._concretise(*da_up, upper=True))
+            da_lo = np.maximum(da_lo, self.lines.lower(position, eye, none, post=False))
+            da_hi = np.maximum(np.minimum(da_hi, self.lines.upper(position, eye, none, post=False)), da_lo)
             y_lo, y_hi = self._activation_difference(layer, a_lo, a_hi, da_lo, da_hi)
-            af_up, af_low = _affine_lines(layer.float_weight, layer.float_bias, f_up, f_low)
-            d_up, d_low = self._difference_lines(layer, da_up, da_low, af_up, af_low, a_lo, a_hi)
-            qa_lo, qa_hi = _q_real_accumulators(layer, self.q_bounds)
-            f_clamp_lo, f_clamp_hi = _float_clamp(layer)
-            passes = ((a_lo >= f_clamp_lo) & (a_hi <= f_clamp_hi)
-                      & (qa_lo >= layer.clamp_lo) & (qa_hi <= layer.clamp_hi))
-            f_up, f_low, _ = self._through(layer.float_weight, layer.float_bias, f_up, f_low, a_lo, a_hi,
-                                           _float_clamp(layer))
-            q_lo, q_hi = _q_real_outputs(layer, self.q_bounds)
-            for up, low in (self._lipschitz_lines(layer, da_up, da_low, da_lo, da_hi, a_lo, a_hi),
-                            ((-f_low[0], q_hi - f_low[1]), (-f_up[0], q_lo - f_up[1]))):
-                d_up = self._tighter(d_up, up, passes, upper=True)
-                d_low = self._tighter(d_low, low, passes, upper=False)
-            d_up = self._or_constant(d_up, y_hi, passes, upper=True)
-            d_low = self._or_constant(d_low, y_lo, passes, upper=False)
-            d_lo = np.maximum(y_lo, self._concretise(*d_low, upper=False))
-            d_hi = np.minimum(y_hi, self._concretise(*d_up, upper=True))
+            ups, lows = self._candidate_lines(position, a_lo, a_hi, da_lo, da_hi)
+            up, d_hi = self._tightest(position, [*ups, Line.constant(y_hi)], upper=True)
+            low, d_lo = self._tightest(position, [*lows, Line.constant(y_lo)], upper=False)
+            d_hi = np.maximum(d_hi, d_lo)
+            self.lines.difference_lines.append(DifferenceLines(up, low, *self.rounding[layer.index]))
             self.hidden[layer.index] = HiddenDifference(da_lo, da_hi, d_lo, d_hi)
             f_lo, f_hi = _clip(a_lo, layer.float_clip), _clip(a_hi, layer.float_clip)
         return DifferenceBounds(d_lo, d_hi)
 
-    def _difference_lines(self, layer: PairedLayer, da_up, da_low, af_up, af_low, a_lo, a_hi):
-        """Linear bounds on y_q - y_f from each network's activation relaxation.
+    def _tightest(self, position: int, candidates: list[Line], upper: bool) -> tuple[Line, np.ndarray]:
+        """Per neuron, the first candidate whose bound is within TIE of the best, and the best bound."""
+        e_lo, e_hi = self.rounding[self.layers[position].index]
+        values = []
+        for line in candidates:
+            value = np.zeros(line.c.shape)
+            if line.da.any() or line.af.any():  # a constant needs no margin of its own
+                bound = self.lines.upper if upper else self.lines.lower
+                value = bound(position, np.diag(line.da), np.diag(line.af), post=False)
+            e_low, e_high = np.minimum(line.e * e_lo, line.e * e_hi), np.maximum(line.e * e_lo, line.e * e_hi)
+            values.append(value + line.c + (e_high if upper else e_low))
+        values = np.array(values)
+        best = values.min(axis=0) if upper else values.max(axis=0)
+        slack = TIE * (1.0 + np.abs(best))
+        chosen = np.argmax(values <= best + slack if upper else values >= best - slack, axis=0)
+        pick = np.arange(best.size)
+        fields = ("da", "af", "e", "c")
+        line = Line(*(np.array([getattr(c, name) for c in candidates])[chosen, pick] for name in fields))
+        return line, best
 
-        With y_q <= ku a_q + bu + e and y_f >= kl' a_f + bl', and a_q = da + a_f:
-        y_q - y_f <= ku da + (ku - kl') a_f + (bu + e - bl'), and symmetrically below. Where
-        both networks are surely linear the a_f terms cancel and the difference passes
-        through exactly; elsewhere the remaining a_f term keeps its input dependence.
+    def _candidate_lines(self, position: int, a_lo, a_hi, da_lo, da_hi) -> tuple[list[Line], list[Line]]:
+        """Upper and lower lines on dy = y_q - y_f in (da, a_f, e), each sound over the box.
+
+        With a_q = da + a_f, y_q = clamp_q(a_q) + e, and each network's own relaxation
+        (k_low a + b_low <= activation <= k_up a + b_up):
+        - both relaxations: dy <= qku da + (qku - fkl) a_f + qbu - fbl + e, where both
+          networks are surely linear exactly dy = da + e;
+        - the QNN's range against the float relaxation: dy <= q_hi - fkl a_f - fbl;
+        - the QNN relaxation against the float range: dy <= qku (da + a_f) + qbu + e - min y_f;
+        - da alone: clamp_q(a_f + da) - clamp_q(a_f) lies between min(0, da) and max(0, da)
+          (monotone and 1-Lipschitz), so between their chords over [da_lo, da_hi], plus the
+          gap clamp_q(a_f) - clip_f(a_f) where only one network clamps, plus e.
+        Lower lines mirror these.
         """
+        layer, fl = self.layers[position], self.lines.float_lines[position]
         qa_lo, qa_hi = _q_real_accumulators(layer, self.q_bounds)
         qku, qbu, qkl, qbl = _relax(_q_clamp(layer), qa_lo, qa_hi)
-        fku, fbu, fkl, fbl = _relax(_float_clamp(layer), a_lo, np.maximum(a_hi, a_lo))
-        upper = _plus(_scaled(da_up, da_low, qku), _scaled(af_up, af_low, qku - fkl), qbu - fbl)
-        lower = _plus(_scaled(da_low, da_up, qkl), _scaled(af_low, af_up, qkl - fku), qbl - fbu)
-        return _plus(upper, self._rounding_line(layer, True), 0.0), _plus(lower, self._rounding_line(layer, False), 0.0)
-
-    def _lipschitz_lines(self, layer: PairedLayer, da_up, da_low, da_lo, da_hi, a_lo, a_hi):
-        """Linear bounds on y_q - y_f in the accumulator difference alone.
-
-        y_q - y_f = [clamp_q(a_f + da) - clamp_q(a_f)] + [clamp_q(a_f) - clip_f(a_f)] + e. The
-        first part lies between min(0, da) and max(0, da) (clamp_q is monotone and
-        1-Lipschitz); over da in [dl, du] the chords of those two maps bound it by lines in
-        da, hence in x. Unlike the two networks' own relaxations, these keep no float
-        accumulator term, so they stay tight on neurons neither network has surely fixed.
-        """
+        q_lo, q_hi = _q_real_outputs(layer, self.q_bounds)
+        f_lo, f_hi = _clip(a_lo, layer.float_clip), _clip(a_hi, layer.float_clip)
         g_lo, g_hi = clip_gap(layer, a_lo, a_hi)
+        zero, one = np.zeros(a_lo.shape), np.ones(a_lo.shape)
         mixed = (da_lo < 0) & (da_hi > 0)
         span = np.where(mixed, da_hi - da_lo, 1.0)
-        rise = np.where(mixed, da_hi / span, (da_lo >= 0).astype(np.float64))  # slope of the upper chord
-        fall = np.where(mixed, -da_lo / span, (da_hi <= 0).astype(np.float64))  # slope of the lower chord
+        rise = np.where(mixed, da_hi / span, (da_lo >= 0).astype(np.float64))  # the upper chord's slope
+        fall = np.where(mixed, -da_lo / span, (da_hi <= 0).astype(np.float64))  # the lower chord's slope
         pad = RELATIVE_MARGIN * (1.0 + np.abs(da_lo) + np.abs(da_hi) + np.abs(g_lo) + np.abs(g_hi))
-        upper = (rise[:, None] * da_up[0], rise * da_up[1] - rise * np.minimum(da_lo, 0) + g_hi + pad)
-        lower = (fall[:, None] * da_low[0], fall * da_low[1] - fall * np.maximum(da_hi, 0) + g_lo - pad)
-        return _plus(upper, self._rounding_line(layer, True), 0.0), _plus(lower, self._rounding_line(layer, False), 0.0)
-
-    def _tighter(self, line, other, passes: np.ndarray, upper: bool):
-        """Per neuron, `line` where the difference passes through linearly or where it
-        concretises no worse than `other`, else `other`."""
-        mine, theirs = self._concretise(*line, upper=upper), self._concretise(*other, upper=upper)
-        keep = passes | (mine <= theirs if upper else mine >= theirs)
-        return np.where(keep[:, None], line[0], other[0]), np.where(keep, line[1], other[1])
-
-    def _or_constant(self, line, constant: np.ndarray, passes: np.ndarray, upper: bool):
-        """Per neuron, the line where the difference passes through linearly (its input
-        dependence pays off in later layers even when it concretises looser, as measured),
-        or elsewhere where it concretises no worse than the constant bound."""
-        value = self._concretise(*line, upper=upper)
-        slack = TIE * (1.0 + np.abs(constant))  # a line that only ties still carries its input dependence
-        keep = passes | (value <= constant + slack if upper else value >= constant - slack)
-        return np.where(keep[:, None], line[0], 0.0), np.where(keep, line[1], constant)
-
-    def _input_lines(self):
-        """x itself, as lines over the whole domain."""
-        n = self.x_lo.size
-        return np.eye(n, self.domain_lo.size), np.zeros(n)
-
-    def _rounding_line(self, layer: PairedLayer, upper: bool):
-        """The rounding error of each QNN neuron as a line: its own variable where it has
-        one (so later layers keep its sign pattern), else its bound."""
-        e_lo, e_hi = self.rounding[layer.index]
-        coeffs = np.zeros((e_lo.size, self.domain_lo.size))
-        if layer.index in self.noise_start:
-            start = self.noise_start[layer.index]
-            coeffs[np.arange(e_lo.size), start + np.arange(e_lo.size)] = 1.0
-            return coeffs, np.zeros(e_lo.size)
-        return coeffs, (e_hi if upper else e_lo)
-
-    def _concretise(self, coeffs: np.ndarray, const: np.ndarray, upper: bool) -> np.ndarray:
-        lo, hi = _affine(coeffs, self.domain_lo, self.domain_hi, const)
-        return hi if upper else lo
-
-    def _through(self, weight, bias, up, low, a_lo, a_hi, clamp, error=None):
-        """Linear bounds of the next layer's outputs from those of its inputs (in x)."""
-        acc_up, acc_low = _affine_lines(weight, bias, up, low)
-        lo_from_lines = self._concretise(*acc_low, upper=False)
-        hi_from_lines = self._concretise(*acc_up, upper=True)
-        lo, hi = np.maximum(a_lo, lo_from_lines), np.minimum(a_hi, hi_from_lines)
-        hi = np.maximum(hi, lo)
-        ku, bu, kl, bl = _relax(clamp, lo, hi)
-        if error is not None:
-            bl, bu = bl + error[0], bu + error[1]
-        out_up = (ku[:, None] * acc_up[0], ku * acc_up[1] + bu)
-        out_low = (kl[:, None] * acc_low[0], kl * acc_low[1] + bl)
-        return out_up, out_low, (lo, hi)
-
-
-def _compose(q_weight, d_first, d_second, gap, f_first, f_second, bias):
-    """One side of q_weight @ d + gap @ y_f + bias from linear bounds (first: the same side)."""
-    qp, qn = np.maximum(q_weight, 0), np.minimum(q_weight, 0)
-    gp, gn = np.maximum(gap, 0), np.minimum(gap, 0)
-    coeffs = qp @ d_first[0] + qn @ d_second[0] + gp @ f_first[0] + gn @ f_second[0]
-    const = qp @ d_first[1] + qn @ d_second[1] + gp @ f_first[1] + gn @ f_second[1] + bias
-    return coeffs, const
-
-
-def _affine_lines(weight, bias, up, low):
-    """Upper and lower lines of weight @ v + bias from lines of v."""
-    pos, neg = np.maximum(weight, 0), np.minimum(weight, 0)
-    return ((pos @ up[0] + neg @ low[0], pos @ up[1] + neg @ low[1] + bias),
-            (pos @ low[0] + neg @ up[0], pos @ low[1] + neg @ up[1] + bias))
-
-
-def _scaled(same, other, factor: np.ndarray):
-    """factor * v as a line on the side of `same`, per neuron (a negative factor flips sides)."""
-    chosen = np.where((factor >= 0)[:, None], same[0], other[0])
-    const = np.where(factor >= 0, same[1], other[1])
-    return factor[:, None] * chosen, factor * const
-
-
-def _plus(a, b, const: np.ndarray):
-    return a[0] + b[0], a[1] + b[1] + const
+        ups = [Line(qku, qku - fl.k_low, one, qbu - fl.b_low),
+               Line(zero, -fl.k_low, zero, q_hi - fl.b_low),
+               Line(qku, qku, one, qbu - f_lo),
+               Line(rise, zero, one, -rise * np.minimum(da_lo, 0) + g_hi + pad)]
+        lows = [Line(qkl, qkl - fl.k_up, one, qbl - fl.b_up),
+                Line(zero, -fl.k_up, zero, q_lo - fl.b_up),
+                Line(qkl, qkl, one, qbl - f_hi),
+                Line(fall, zero, one, -fall * np.maximum(da_hi, 0) + g_lo - pad)]
+        return ups, lows
 
 
 _ANALYSES: weakref.WeakKeyDictionary[ErrorQuery, DifferentialAnalysis] = weakref.WeakKeyDictionary()

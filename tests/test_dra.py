@@ -10,6 +10,7 @@ from bitqnn.dra import MODES, DifferentialAnalysis
 from bitqnn.error_query import ErrorQuery
 from bitqnn.floatnet import RELU, FloatDense, FloatNetwork
 from bitqnn.onnx_io import load_float
+from bitqnn.qnn import run_layer
 from bitqnn.quantize import FixedPointConfig, quantize_fixed_point
 from bitqnn.query import Box
 from bitqnn.requant import Rounding
@@ -61,6 +62,39 @@ def test_dra_is_sound_on_random_fixed_point_networks():
         assert widths["symbolic"] <= widths["concrete"] + 1e-12 and widths["concrete"] <= widths["naive"] + 1e-12
         tighter += widths["symbolic"] < widths["naive"]
     assert tighter >= 18
+
+
+def assert_hidden_sound(query: ErrorQuery, points: np.ndarray) -> None:
+    """Every hidden layer's recorded bounds (the MILP's difference rows) and the float
+    network's pre-activation bounds hold at the points."""
+    analysis = DifferentialAnalysis(query.float_net, query.qnn, query.region)
+    analysis.run("symbolic")
+    q_values, f_values = points, query.real_inputs(points)
+    for layer, (a_lo, a_hi) in zip(analysis.layers, analysis.float_pre, strict=True):
+        q_values, acc = run_layer(query.qnn, layer.index, q_values)
+        f_pre = query.float_net.pre_activation(layer.index, f_values)
+        f_values = query.float_net.activate(layer.index, f_pre)
+        assert np.all(f_pre >= a_lo) and np.all(f_pre <= a_hi), layer.index
+        if layer.index not in analysis.hidden:
+            continue
+        bounds = analysis.hidden[layer.index]
+        pre = layer.acc_scale * acc + layer.acc_shift - f_pre
+        post = layer.out_scale * (q_values - layer.stage.zero) - f_values
+        assert np.all(pre >= bounds.pre_lo) and np.all(pre <= bounds.pre_hi), layer.index
+        assert np.all(post >= bounds.post_lo) and np.all(post <= bounds.post_hi), layer.index
+
+
+def test_hidden_difference_bounds_are_sound_on_random_fixed_point_networks():
+    for seed in range(12):
+        rng = np.random.default_rng(100 + seed)
+        net = random_mlp(rng)
+        bits = int(rng.choice([4, 6, 8]))
+        config = FixedPointConfig(weights=bits, activations=bits, rounding=list(Rounding)[seed % 4])
+        qnn = quantize_fixed_point(net, config, rng.random((200, net.input_shape[0])))
+        center, radius = rng.integers(0, 256, net.input_shape[0]), int(rng.integers(1, 6))
+        box = Box(np.clip(center - radius, 0, 255), np.clip(center + radius, 0, 255))
+        query = ErrorQuery(net, qnn, box, 0.0, tuple(range(qnn.output_size)))
+        assert_hidden_sound(query, sample_points(rng, box, 5_000))
 
 
 @pytest.mark.parametrize("bits", [4, 8])
