@@ -214,3 +214,21 @@ def test_scip_settings_avoid_the_varbound_fault():
     assert solver.VerifySolution(1e-6, False)
     assert (y.solution_value(), q.solution_value()) == (2, -4)
     assert abs(solver.Objective().Value() - 0.0607171474) < 1e-8
+
+
+def test_a_pair_cut_short_gets_the_time_the_others_leave():
+    """Rounds: a pair whose run ends at its time limit is run again once the others settle."""
+    query, errors = case(2)  # the DRA leaves 6 (output, sign) pairs open at this eps
+    eps = float(np.abs(errors).max()) * 1.1 + 1e-6
+    runs: list[tuple[int, int]] = []
+
+    class FirstRunCutShort(ErrorMilpEngine):
+        def _decide_pair(self, setup, pair, deadline, left, eps):
+            runs.append((pair.output, pair.sign))
+            if len(runs) == 1:
+                return True  # as if SCIP had stopped at its time limit without an answer
+            return super()._decide_pair(setup, pair, deadline, left, eps)
+
+    outcome = FirstRunCutShort(samples=0).solve(dataclasses.replace(query, eps=eps), TIMEOUT)
+    assert outcome.verdict is Verdict.PROVED
+    assert len(runs) == 7 and runs.count(runs[0]) == 2 and runs[-1] == runs[0]

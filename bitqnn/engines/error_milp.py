@@ -368,10 +368,19 @@ class ErrorMilpEngine:
                 open_pairs.append(pair)
         setup.stats["dra_decided"] = len(setup.pairs) - len(open_pairs)
         deadline = setup.start + timeout
-        for position, pair in enumerate(open_pairs):
-            self._decide_pair(setup, pair, deadline, len(open_pairs) - position, eps)
-            if search.witnessed is not None and search.witnessed > eps:
-                return self._outcome(setup, Verdict.FALSIFIED, "a MILP point, replayed, exceeds eps", None)
+        # the pairs closest to eps first: they settle fastest, and each pair's share of the
+        # time is what is left divided by the pairs still waiting, so the hard ones get the rest
+        pending = sorted(open_pairs, key=lambda p: p.dra_bound)
+        while pending:  # rounds: time a pair left unused goes to the pairs that ran out of it
+            timed_out = []
+            for position, pair in enumerate(pending):
+                if self._decide_pair(setup, pair, deadline, len(pending) - position, eps):
+                    timed_out.append(pair)
+                if search.witnessed is not None and search.witnessed > eps:
+                    return self._outcome(setup, Verdict.FALSIFIED, "a MILP point, replayed, exceeds eps", None)
+            if len(timed_out) == len(pending):
+                break  # nothing settled, so no time was freed for another round
+            pending = timed_out
         undecided = [p for p in setup.pairs if p.bound is None or p.bound > eps]
         if not undecided:
             reason = (f"every (output, sign) bounded by eps; {self._tolerance_note(setup)}" if open_pairs
@@ -381,8 +390,9 @@ class ErrorMilpEngine:
         reason = f"{len(undecided)} of {len(setup.pairs)} (output, sign) pairs undecided"
         return self._outcome(setup, Verdict.UNKNOWN, reason + (" (timeout)" if timed_out else ""), None)
 
-    def _decide_pair(self, setup: Setup, pair: Pair, deadline: float, left: int, eps: float) -> None:
+    def _decide_pair(self, setup: Setup, pair: Pair, deadline: float, left: int, eps: float) -> bool:
         """One objective: stop at a point clearly above eps or a dual bound clearly below it.
+        True when the pair stays open for want of time alone, so more time may settle it.
 
         Only points above eps - margin are kept (a cut row), so infeasibility is a proof. A
         stop at the primal limit whose point does not replay above eps is retried without it.
@@ -391,17 +401,19 @@ class ErrorMilpEngine:
         for extra in (f"limits/primal = {eps + margin!r}\n", ""):
             share = (deadline - time.perf_counter()) / left
             if share < MIN_RUN_SECONDS:
-                return
+                return False
             result = self._run(setup, pair, share, eps - margin, extra, None)
             if result.bound <= eps - margin:
-                if setup.contradicts(pair, eps - margin):
-                    return
-                pair.bound = eps  # nothing above eps - margin, up to the margin
-                return
+                if not setup.contradicts(pair, eps - margin):
+                    pair.bound = eps  # nothing above eps - margin, up to the margin
+                return False
             if setup.search.witnessed is not None and setup.search.witnessed > eps:
-                return
-            if result.objective is None or result.objective < eps + margin:
-                return  # timeout, or an optimum too close to eps to call
+                return False
+            if result.objective is None:
+                return result.status == pywraplp.Solver.NOT_SOLVED  # a timeout, not a solver failure
+            if result.objective < eps + margin:
+                return False  # an optimum too close to eps to call
+        return False
 
     def _run(self, setup: Setup, pair: Pair, seconds: float, cut: float | None, extra: str,
              hint: Hint | None) -> RunResult:
