@@ -372,15 +372,15 @@ class ErrorMilpEngine:
         # time is what is left divided by the pairs still waiting, so the hard ones get the rest
         pending = sorted(open_pairs, key=lambda p: p.dra_bound)
         while pending:  # rounds: time a pair left unused goes to the pairs that ran out of it
-            timed_out = []
+            cut_short = []
             for position, pair in enumerate(pending):
                 if self._decide_pair(setup, pair, deadline, len(pending) - position, eps):
-                    timed_out.append(pair)
+                    cut_short.append(pair)
                 if search.witnessed is not None and search.witnessed > eps:
                     return self._outcome(setup, Verdict.FALSIFIED, "a MILP point, replayed, exceeds eps", None)
-            if len(timed_out) == len(pending):
+            if len(cut_short) == len(pending):
                 break  # nothing settled, so no time was freed for another round
-            pending = timed_out
+            pending = cut_short
         undecided = [p for p in setup.pairs if p.bound is None or p.bound > eps]
         if not undecided:
             reason = (f"every (output, sign) bounded by eps; {self._tolerance_note(setup)}" if open_pairs
