@@ -41,7 +41,7 @@ from bitqnn.query import Box
 from bitqnn.symbolic import SymbolicAnalysis
 
 MODES = ("naive", "concrete", "symbolic")
-TIE = 1e-6  # relative difference under which a line counts as no looser than a constant
+TIE = 1e-6  # relative difference under which a line counts as no looser than the tightest candidate
 
 
 @dataclass(frozen=True)
