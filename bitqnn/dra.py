@@ -117,7 +117,7 @@ class DifferentialAnalysis:
         # network's tightest own bounds
         self.q_intervals = interval_bounds(qnn, box)
         self.float_intervals = self._float_intervals()
-        self.q_bounds = SymbolicAnalysis(qnn, box).bounds
+        self.q_bounds = SymbolicAnalysis(qnn, box, choose_lines=True).bounds
         self.hidden: dict[int, HiddenDifference] = {}  # per paired layer, filled by `symbolic`
         self._results: dict[str, DifferenceBounds] = {}
         self.rounding = {layer.index: rounding_error(layer, self.q_bounds.layers[layer.index].acc_lo,

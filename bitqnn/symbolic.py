@@ -22,6 +22,7 @@ import numpy as np
 
 from bitqnn.bounds import LayerBounds, NetworkBounds, interval_bounds, prune_violation
 from bitqnn.hull import stage_hull
+from bitqnn.line_choice import HullLines, chosen_line_bounds, hull_lines
 from bitqnn.qnn import QNN, Conv2d, Dense, Reshape
 from bitqnn.query import Box, Query, Violation
 from bitqnn.requant import OutputStage
@@ -87,10 +88,12 @@ def _relax_layer(qnn: QNN, index: int, acc_lo: np.ndarray, acc_hi: np.ndarray) -
 
 
 class _Tightener:
-    def __init__(self, qnn: QNN, box: Box) -> None:
+    def __init__(self, qnn: QNN, box: Box, choose_lines: bool = False) -> None:
         self.qnn = qnn
         self.loose = interval_bounds(qnn, box)
         self.relaxations: dict[int, Relaxation] = {}
+        self.choose_lines = choose_lines  # each bound picks its own hull edges (line_choice)
+        self.hull: dict[int, HullLines] = {}
         self.layers: list[LayerBounds] = []
         self.input_lo = box.lo.astype(np.float64)
         self.input_hi = box.hi.astype(np.float64)
@@ -154,6 +157,9 @@ class _Tightener:
                 self.layers.append(self._recompute_nonlinear(index, loose))
                 continue
             low, high = self.accumulator_bounds(index)
+            if self.choose_lines and index > 0:
+                chosen_low, chosen_high = chosen_line_bounds(self, index)
+                low, high = np.maximum(low, chosen_low), np.minimum(high, chosen_high)
             acc_lo = np.maximum(low, loose.acc_lo)
             acc_hi = np.minimum(high, loose.acc_hi)
             channels = self.qnn.linear_form(index).channels
@@ -162,9 +168,12 @@ class _Tightener:
             self.layers.append(bounds)
             if layer.output.requant is not None or layer.output.lo is not None or layer.output.hi is not None:
                 self.relaxations[index] = _relax_layer(self.qnn, index, acc_lo, acc_hi)
+                if self.choose_lines:
+                    self.hull[index] = hull_lines(layer.output, channels, acc_lo, acc_hi)
             else:
                 ones = np.ones(acc_lo.shape)
                 self.relaxations[index] = Relaxation(ones, np.zeros(acc_lo.shape), ones, np.zeros(acc_lo.shape))
+                self.hull[index] = HullLines.identity(acc_lo.size)
         return NetworkBounds(self.loose.input_lo, self.loose.input_hi, tuple(self.layers))
 
     def _recompute_nonlinear(self, index: int, loose: LayerBounds) -> LayerBounds:
@@ -184,10 +193,14 @@ def _suffix(qnn: QNN, index: int) -> QNN:
 
 
 class SymbolicAnalysis:
-    """Tightened bounds for a box, plus bounds on linear functions of the outputs."""
+    """Tightened bounds for a box, plus bounds on linear functions of the outputs.
 
-    def __init__(self, qnn: QNN, box: Box) -> None:
-        self._tightener = _Tightener(qnn, box)
+    `choose_lines`: each hidden accumulator bound also picks its own hull edges per neuron
+    (`line_choice`), tighter where roundings are coarse, for a few more back-substitutions.
+    """
+
+    def __init__(self, qnn: QNN, box: Box, choose_lines: bool = False) -> None:
+        self._tightener = _Tightener(qnn, box, choose_lines)
         self.bounds = self._tightener.run()
 
     def prune(self, violation: Violation) -> tuple[Violation, bool]:

@@ -17,7 +17,7 @@ from bitqnn.engines.cpsat import CpSatEngine
 from bitqnn.engines.enumeration import EnumerationEngine, box_points
 from bitqnn.outcome import Verdict
 from bitqnn.qnn import AccumulatorOverflow, Lookup, MaxPool2d, check_input, execute, run_layer
-from bitqnn.symbolic import symbolic_bounds
+from bitqnn.symbolic import SymbolicAnalysis, symbolic_bounds
 from tests.netgen import REQUANT_KINDS, random_conv_qnn, random_dense_qnn, random_query
 
 CASES = 240
@@ -71,7 +71,8 @@ def test_bounds_contain_every_reachable_value():
         _, query = random_case(seed)
         qnn = query.network
         points = check_input(qnn, box_points(query.region.lo, query.region.hi, 0, query.region.points))
-        for bounds in (interval_bounds(qnn, query.region), symbolic_bounds(qnn, query.region)):
+        for bounds in (interval_bounds(qnn, query.region), symbolic_bounds(qnn, query.region),
+                       SymbolicAnalysis(qnn, query.region, choose_lines=True).bounds):
             values = points
             for index, layer_bounds in enumerate(bounds.layers):
                 values, acc = run_layer(qnn, index, values)
