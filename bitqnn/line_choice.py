@@ -13,9 +13,12 @@ the least one is kept. This is alpha-CROWN's idea with a fixed-point step instea
 gradients, which suits relaxations that are a few hull edges per neuron.
 
 Measured on the 3x100 error benchmark network at Q = 4 (Fashion-MNIST image 0, radius
-3): the QNN's output ranges are 363.6 wide on average with shared lines and 311 with
+3): the QNN's output ranges are 363.6 wide on average with shared lines and 312.0 with
 chosen ones, in 0.5 s. An LP over every hull facet, with the shared lines' intermediate
 bounds, gives 321.6: choosing per bound at every layer beats optimising the last one.
+Robustness queries keep the shared lines: on the core benchmark's plain 784-64-32 model
+(10 images, radii 1 to 4, at 6 and at 4 bits) chosen lines settle 1 more of 261 open
+competing classes and fix at most 0.2 more neurons per query, for 3 times the time.
 """
 
 from __future__ import annotations
