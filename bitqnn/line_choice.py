@@ -35,8 +35,10 @@ if TYPE_CHECKING:
     from bitqnn.symbolic import _Tightener
 
 RELATIVE_MARGIN = 1e-9
+# Tuned on the 3x100 Q = 4 network, image 0 (mean output width): 4 undamped rounds 331.8,
+# 8 rounds damped by 0.5 to 0.7 311.6 to 312.3.
 ROUNDS = 8
-DAMPING = 0.6  # weight of the accumulators averaged so far against the new round's
+DAMPING = 0.6  # the weight of the accumulators averaged so far against the new round's
 CHUNK_CELLS = 4_000_000  # rows x neurons x edges held at once while choosing lines
 
 
@@ -181,6 +183,6 @@ def chosen_line_bounds(tightener: _Tightener, target: int, rounds: int = ROUNDS,
         for round_ in range(rounds if chain else 1):
             value, signs, input_coeffs = block.bound()
             best[first:first + step] = np.minimum(best[first:first + step], value)
-            if round_ + 1 < rounds:
+            if chain and round_ + 1 < rounds:
                 block.rechoose(signs, input_coeffs, damping)
     return np.floor(-best[size:]).astype(np.int64), np.ceil(best[:size]).astype(np.int64)

@@ -173,7 +173,8 @@ class _Tightener:
             else:
                 ones = np.ones(acc_lo.shape)
                 self.relaxations[index] = Relaxation(ones, np.zeros(acc_lo.shape), ones, np.zeros(acc_lo.shape))
-                self.hull[index] = HullLines.identity(acc_lo.size)
+                if self.choose_lines:
+                    self.hull[index] = HullLines.identity(acc_lo.size)
         return NetworkBounds(self.loose.input_lo, self.loose.input_hi, tuple(self.layers))
 
     def _recompute_nonlinear(self, index: int, loose: LayerBounds) -> LayerBounds:
@@ -195,8 +196,9 @@ def _suffix(qnn: QNN, index: int) -> QNN:
 class SymbolicAnalysis:
     """Tightened bounds for a box, plus bounds on linear functions of the outputs.
 
-    `choose_lines`: each hidden accumulator bound also picks its own hull edges per neuron
-    (`line_choice`), tighter where roundings are coarse, for a few more back-substitutions.
+    `choose_lines`: every accumulator bound past the first layer also picks its own hull
+    edges per neuron (`line_choice`), tighter where roundings are coarse, for a few more
+    back-substitutions.
     """
 
     def __init__(self, qnn: QNN, box: Box, choose_lines: bool = False) -> None:
