@@ -117,6 +117,8 @@ class _Rows:
     def __init__(self, tightener: _Tightener, target: int, chain: list[int], reached: int, rows: np.ndarray) -> None:
         self.t, self.target, self.chain, self.rows = tightener, target, chain, rows
         self.lo_in, self.hi_in = tightener.concrete_before(reached)
+        self.forms = {i: (tightener.qnn.linear_form(i).matrix.astype(np.float64),
+                          tightener.qnn.linear_form(i).offset.astype(np.float64)) for i in [target, *chain]}
         self.lines = {}
         for i in chain:
             rel = tightener.relaxations[i]
@@ -127,9 +129,9 @@ class _Rows:
     def bound(self) -> tuple[np.ndarray, dict[int, np.ndarray], np.ndarray]:
         """Back-substitution with the current lines: the bound (margin included), each chain
         layer's output coefficients, and the input coefficients."""
-        form = self.t.qnn.linear_form(self.target)
-        coeffs = self.rows @ form.matrix.astype(np.float64)
-        const = self.rows @ form.offset.astype(np.float64)
+        matrix, offset = self.forms[self.target]
+        coeffs = self.rows @ matrix
+        const = self.rows @ offset
         magnitude = np.abs(const)
         signs = {}
         for i in self.chain:  # descending
@@ -138,10 +140,10 @@ class _Rows:
             upward = coeffs > 0
             slope = np.where(upward, up_k, low_k) * coeffs
             shifts = np.where(upward, up_b, low_b) * coeffs
-            form = self.t.qnn.linear_form(i)
-            const = const + shifts.sum(axis=1) + slope @ form.offset.astype(np.float64)
-            magnitude = magnitude + np.abs(shifts).sum(axis=1) + np.abs(slope) @ np.abs(form.offset.astype(np.float64))
-            coeffs = slope @ form.matrix.astype(np.float64)
+            matrix, offset = self.forms[i]
+            const = const + shifts.sum(axis=1) + slope @ offset
+            magnitude = magnitude + np.abs(shifts).sum(axis=1) + np.abs(slope) @ np.abs(offset)
+            coeffs = slope @ matrix
         value = np.maximum(coeffs, 0) @ self.hi_in + np.minimum(coeffs, 0) @ self.lo_in + const
         reach = np.maximum(np.abs(self.lo_in), np.abs(self.hi_in))
         return value + RELATIVE_MARGIN * (1.0 + magnitude + np.abs(coeffs) @ reach), signs, coeffs
@@ -150,8 +152,8 @@ class _Rows:
         """Run the attaining corner forward through the lines used; re-pick each neuron's edge."""
         values = np.where(input_coeffs > 0, self.hi_in, self.lo_in)
         for i in reversed(self.chain):  # ascending
-            form, layer = self.t.qnn.linear_form(i), self.t.layers[i]
-            acc = np.clip(values @ form.matrix.T.astype(np.float64) + form.offset, layer.acc_lo, layer.acc_hi)
+            (matrix, offset), layer = self.forms[i], self.t.layers[i]
+            acc = np.clip(values @ matrix.T + offset, layer.acc_lo, layer.acc_hi)
             if i in self.averaged:
                 acc = damping * self.averaged[i] + (1.0 - damping) * acc
             self.averaged[i] = acc
