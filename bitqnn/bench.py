@@ -34,6 +34,13 @@ class BenchInputError(Exception):
     pass
 
 
+def image_range_error(images: int, first_image: int) -> str | None:
+    """The one-line complaint about an --images/--first-image pair, checked before any file is read."""
+    if images < 1 or first_image < 0:
+        return f"--images must be >= 1 and --first-image >= 0, got {images}, {first_image}"
+    return None
+
+
 def load_benchmark(model: str, data: str, images: int) -> tuple[QNN, np.ndarray, np.ndarray, int]:
     from bitqnn.onnx_io import load_float
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bitqnn.bench import make_queries
+from bitqnn.bench import image_range_error, make_queries
 from bitqnn.engines.faults import FaultEngine
 from bitqnn.fault_verify import verify_fault
 from bitqnn.faults import BitSelection, FaultModel, FaultQuery, ParamSelection, weighted_layers
@@ -62,9 +62,9 @@ def run_bitflip_benchmark(args: argparse.Namespace) -> int:
         print(f"bitqnn: error: --radii and --k take comma-separated integers, got {args.radii!r}, {args.k!r}",
               file=sys.stderr)
         return 2
-    if args.images < 1 or args.first_image < 0:
-        print(f"bitqnn: error: --images must be >= 1 and --first-image >= 0, got {args.images}, {args.first_image}",
-              file=sys.stderr)
+    complaint = image_range_error(args.images, args.first_image)
+    if complaint:
+        print(f"bitqnn: error: {complaint}", file=sys.stderr)
         return 2
     for path in [*models, args.data]:
         if not Path(path).exists():

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from bitqnn.bench import (
     BenchInputError,
     by_radius,
+    image_range_error,
     load_benchmark,
     make_queries,
     measure_bounds,
@@ -58,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--suites", default="core,wide", help=f"comma-separated, from {', '.join(SUITES)}")
     parser.add_argument("--data", default="../shared/data/fashion_mnist.npz")
     parser.add_argument("--images", type=int, default=25, help="correctly classified test images per suite")
+    parser.add_argument("--first-image", type=int, default=0,
+                        help="skip this many correctly classified images first (extends an earlier run)")
     parser.add_argument("--configs", default=",".join(CONFIGS[:-1]),
                         help=f"comma-separated configurations, in order, from {', '.join(CONFIGS)}")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per query")
@@ -123,6 +126,10 @@ def run_speed_benchmark(args: argparse.Namespace) -> int:
     suites = [s for s in args.suites.split(",") if s]
     configs = [c for c in args.configs.split(",") if c]
     bad = [s for s in suites if s not in SUITES] + [c for c in configs if c not in CONFIGS]
+    complaint = image_range_error(args.images, args.first_image)
+    if complaint:
+        print(f"bitqnn: error: {complaint}", file=sys.stderr)
+        return 2
     if bad:
         print(f"bitqnn: error: unknown suite or configuration {bad[0]!r}; suites: {', '.join(SUITES)}; "
               f"configurations: {', '.join(CONFIGS)}", file=sys.stderr)
@@ -139,12 +146,13 @@ def run_speed_benchmark(args: argparse.Namespace) -> int:
         radii = [int(r) for r in radii_text.split(",")]
         try:
             with contextlib.redirect_stdout(io.StringIO()) as described:
-                qnn, images, labels, _ = load_benchmark(model, args.data, args.images)
+                qnn, images, labels, _ = load_benchmark(model, args.data, args.first_image + args.images)
         except BenchInputError as error:
             print(f"bitqnn: error: {error}", file=sys.stderr)
             return 2
         print(f"{suite}: {described.getvalue().strip()}", flush=True)
-        queries = make_queries(qnn, images, labels, radii)
+        first = args.first_image
+        queries = make_queries(qnn, images[first:], labels[first:], radii, first)
         entry: dict = {"model": model, "queries": len(queries), "radii": radii,
                        "bounds": measure_bounds(queries, radii), "configs": {}}
         baseline = None

@@ -4,6 +4,7 @@ import json
 import re
 
 import numpy as np
+import pytest
 
 from bitqnn.cli import EXIT_FALSIFIED, EXIT_INPUT, EXIT_PROVED
 from bitqnn.faults import Flip, apply_flips, weighted_layers
@@ -49,11 +50,12 @@ def test_an_engine_that_cannot_model_flips_is_refused_with_the_position(capsys, 
     assert f"{spec}:3:1" in err and "does not analyse bit flips" in err and len(err.strip().splitlines()) == 1
 
 
-def test_bitflip_benchmark_refuses_a_bad_image_range_in_one_line(capsys):
+@pytest.mark.parametrize("bench, images", [("bitflip", 20), ("speed", 25)])
+def test_benchmarks_refuse_a_bad_image_range_in_one_line(capsys, bench, images):
     """Checked before any model or data file is read, so the test needs neither."""
-    code, out, err = run(capsys, "bench", "bitflip", "--first-image", "-1")
+    code, out, err = run(capsys, "bench", bench, "--first-image", "-1")
     assert code == EXIT_INPUT and not out
-    assert err.strip().count("\n") == 0 and "--first-image >= 0, got 20, -1" in err
+    assert err.strip().count("\n") == 0 and f"--first-image >= 0, got {images}, -1" in err
 
 
 def test_benchmark_queries_keep_their_image_numbers_when_a_run_starts_later():
