@@ -2,9 +2,15 @@
 
 Why a second solver for a question CP-SAT already answers exactly: on the core benchmark's
 sparse 784-64-32 model, SCIP (through OR-Tools' `pywraplp`) decided 6 of the 9 queries
-that CP-SAT left open at 60 s, most within 20 s: its root cuts take the LP bound of a term
-from 73 to 51 before branching (image 20 at radius 2: proved in 13 s, where CP-SAT needs
+that CP-SAT left open at 60 s (image 20 at radius 2: proved in 13 s, where CP-SAT needs
 109 s). CP-SAT stays the exact default; `auto` races the two (`ThreadRace`).
+
+SCIP runs with its cutting-plane separators off (NO_CUTS). Measured on 2026-11-24, one
+thread, 60 s per term, on the hardest terms of the core and wide benchmark models: the
+separation rounds move the bound little and take most of each node's time (`y[5] - y[9]`
+of the core model's image 0 at radius 4: 517 nodes and 13 s with them, 1,477 nodes and
+3.5 s without). Without them the hard core terms took 0.5-19 s instead of 8-57 s, and 4
+of the 6 wide-model queries left open at 60 s were decided (1 with the defaults).
 
 The model is `encode.milp`'s QNN half: integer inputs, accumulators and outputs, rounding
 as integer rows, clamps with one binary per reachable side and big-M values from sound
@@ -12,11 +18,10 @@ bounds. What each answer rests on:
 - FALSIFIED: SCIP's point is rounded to the integer grid and replayed on the reference
   executor here; a point that does not replay is not a witness (the term stays open).
 - PROVED: SCIP's infeasibility proof, which rests on its floating-point LP with the tight
-  tolerances of `error_milp.SCIP_NUMERICS` (SCIP's root cuts stay at their default:
-  they are what moves the bound here). Every coefficient and side is a small integer,
-  so the numerics are benign, but this is not a certificate as CP-SAT's integer reasoning
-  is; the outcome says so in its stats ("tolerance"), and the tests cross-check the
-  engine against enumeration and against CP-SAT.
+  tolerances of `error_milp.SCIP_NUMERICS`. Every coefficient and side is a small
+  integer, so the numerics are benign, but this is not a certificate as CP-SAT's integer
+  reasoning is; the outcome says so in its stats ("tolerance"), and the tests cross-check
+  the engine against enumeration and against CP-SAT.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from bitqnn.query import Query, Violation
 from bitqnn.symbolic import analysis_of
 
 FIRST_SOLUTION = "limits/solutions = 1\n"  # any point past the bound falsifies the term
+NO_CUTS = "separating/maxrounds = 0\nseparating/maxroundsroot = 0\n"  # see the module docstring
 SOLVED = (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE)
 TOLERANCE_NOTE = f"SCIP floating-point LP, feasibility tolerance {FEASIBILITY_TOLERANCE:g}"
 
@@ -88,7 +94,7 @@ class MilpEngine:
             goal.SetCoefficient(var, coefficient)
         goal.SetMaximization()
         solver.SetTimeLimit(max(int(seconds * 1000), 1))
-        solver.SetSolverSpecificParametersAsString(SCIP_NUMERICS + FIRST_SOLUTION)
+        solver.SetSolverSpecificParametersAsString(SCIP_NUMERICS + NO_CUTS + FIRST_SOLUTION)
         with stop.hook(solver.InterruptSolve), quiet_native_output():
             status = solver.Solve(solver_parameters())
         if status not in SOLVED:
