@@ -31,6 +31,7 @@ import numpy as np
 
 from bitqnn.bounds import NetworkBounds
 from bitqnn.encode.lp import RelaxationLP, StepIndicator, supported, value_of
+from bitqnn.engines.stop import StopSignal
 from bitqnn.qnn import QNN
 
 TOLERANCE = 1e-4  # how far the LP point must violate a cut before it is worth adding
@@ -109,12 +110,14 @@ def _stalled(history: list[float]) -> bool:
 
 
 def cut_rounds(qnn: QNN, bounds: NetworkBounds, terms: tuple[tuple[int, int], ...],
-               time_limit: float, target: float | None = None, max_rounds: int = 30) -> CutRound | None:
+               time_limit: float, target: float | None = None, max_rounds: int = 30,
+               stop: StopSignal | None = None) -> CutRound | None:
     """Rounds of LP solve then separation, maximizing sum(c * output[i]).
 
     Stops when no cut is violated, when the LP maximum falls below `target` (the cuts
-    then suffice for CP-SAT's root to refute the term), when rounds stall, or when time
-    runs out. None when the LP cannot model the network."""
+    then suffice for CP-SAT's root to refute the term), when rounds stall, when time
+    runs out, or when `stop` is set (a race already has its answer). None when the LP
+    cannot model the network."""
     if not supported(qnn):
         return None
     start = time.perf_counter()
@@ -125,7 +128,7 @@ def cut_rounds(qnn: QNN, bounds: NetworkBounds, terms: tuple[tuple[int, int], ..
     history: list[float] = []
     for _ in range(max_rounds):
         remaining = time_limit - (time.perf_counter() - start)
-        if remaining <= 0:
+        if remaining <= 0 or (stop is not None and stop.stopped):
             break
         best = lp.maximize(terms, remaining)
         if best is None:

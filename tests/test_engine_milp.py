@@ -106,6 +106,37 @@ def test_race_stops_the_loser_as_soon_as_one_engine_answers():
     assert time.perf_counter() - start < 2 and loser.stopped_after < 2
 
 
+class _LateStarter:
+    """Drops an interrupt that comes before its search has started, as CP-SAT and SCIP do."""
+
+    name = "late starter"
+
+    def __init__(self) -> None:
+        self.stopped_after: float | None = None
+
+    def solve(self, query, timeout, stop: StopSignal):
+        start = time.perf_counter()
+        searching, released = threading.Event(), threading.Event()
+
+        def interrupt() -> None:
+            if searching.is_set():
+                released.set()
+
+        with stop.hook(interrupt):
+            time.sleep(0.5)  # building its model while the rival answers
+            searching.set()
+            released.wait(timeout)
+        self.stopped_after = time.perf_counter() - start
+        return Outcome.unknown(self.name, self.stopped_after, "stopped")
+
+
+def test_race_stops_a_loser_whose_search_starts_after_the_answer():
+    _, query = dense_case(1)
+    loser = _LateStarter()
+    outcome = ThreadRace("race", [loser, _Quick()]).solve(query, 30)
+    assert outcome.verdict is Verdict.PROVED and loser.stopped_after < 2
+
+
 def test_race_reraises_an_engine_error_and_stops_the_rest():
     _, query = dense_case(1)
     loser = _Stubborn()
@@ -133,6 +164,14 @@ def hard_shipped_query():
     query = compile_spec(Path(__file__).resolve().parents[1] / "specs/digits_fixed_point.qspec")[0].query
     lo, hi = query.region.lo, query.region.hi
     return replace(query, region=Box(np.maximum(lo - 8, 0), np.minimum(hi + 8, 255)))
+
+
+def test_race_stops_real_cpsat_still_in_its_cut_rounds():
+    """The rival answers while CP-SAT is still building cuts and its model; CP-SAT must not
+    then search the hard query to its 30 s limit."""
+    start = time.perf_counter()
+    outcome = ThreadRace("race", [CpSatEngine(workers=1, first_try=False), _Quick()]).solve(hard_shipped_query(), 30)
+    assert outcome.verdict is Verdict.PROVED and time.perf_counter() - start < 10
 
 
 @pytest.mark.parametrize("engine", [MilpEngine(), CpSatEngine(workers=1, cuts=False)], ids=["milp", "cpsat"])

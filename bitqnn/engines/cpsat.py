@@ -111,9 +111,14 @@ class CpSatEngine:
             status, witness = self._solve_model(query, bounds, term, [], first_try, stats, stop)
             if status != cp_model.UNKNOWN or stop.stopped:
                 return status, witness
+        if stop.stopped:
+            return cp_model.UNKNOWN, None
         remaining = seconds - (time.perf_counter() - start)
         target = float(term[0].bound)
-        result = cut_rounds(query.network, bounds, term[0].terms, min(CUT_CAP, CUT_SHARE * remaining), target)
+        result = cut_rounds(query.network, bounds, term[0].terms, min(CUT_CAP, CUT_SHARE * remaining), target,
+                            stop=stop)
+        if stop.stopped:
+            return cp_model.UNKNOWN, None
         cuts = [] if result is None else result.cuts
         stats["cuts"] = stats.get("cuts", 0) + len(cuts)
         remaining = seconds - (time.perf_counter() - start)

@@ -3,7 +3,10 @@
 Both solvers release the GIL while they search, so two engines can race in threads; the
 loser must then be stopped mid-search, which each solver allows only through its own
 object (CP-SAT's `stop_search`, SCIP's `InterruptSolve`). An engine registers that call
-for as long as its search runs; `stop` calls every registered one.
+for as long as its search runs; `stop` calls every registered one. Both solvers drop a
+call that comes before their search has started (measured with OR-Tools 9.15: SCIP
+interrupted before `Solve` still ran its full 5 s limit), so a hook can be reached too
+early to count; `ThreadRace` therefore repeats `stop` until its losers have returned.
 """
 
 from __future__ import annotations
