@@ -112,6 +112,10 @@ class Scheduler:
             job = jobs[job_index]
             if job.result is not None or piece in job.piece_outcomes:
                 continue
+            now = time.perf_counter()
+            if job.started is not None and job.started + job.timeout <= now:  # out of time: no worker needed
+                self._finish(jobs, key, Outcome.unknown(self._engine_of(job, rival), 0.0, "timeout"))
+                continue
             cores = self.executor.capacity - sum(self._threads.values())
             if self.executor.free <= 0 or (self._threads and cores < self.workers):  # an idle machine always takes one
                 left.append(key)
@@ -119,13 +123,9 @@ class Scheduler:
             threads = self.workers
             if self.spread:  # the cores that the tasks still waiting will not need
                 threads = max(self.workers, cores // (len(left) + len(pending) - position))
-            now = time.perf_counter()
             if job.started is None:
                 job.started = now
             seconds = job.started + job.timeout - now
-            if seconds <= 0:
-                self._finish(jobs, key, Outcome.unknown(self._engine_of(job, rival), 0.0, "timeout"))
-                continue
             self.executor.submit(key, self._task(job, piece, rival, seconds, threads))
             self._running[key] = now + seconds + GRACE
             self._threads[key] = threads

@@ -182,3 +182,23 @@ def test_a_real_solver_stops_mid_search_when_asked(engine):
     outcome = engine.solve(query, 30, stop=stop)
     assert outcome.verdict is Verdict.UNKNOWN and outcome.reason == "stopped", outcome
     assert time.perf_counter() - start < 4
+
+
+@pytest.mark.parametrize("engine, builder", [(MilpEngine(), "bitqnn.engines.milp.qnn_layer"),
+                                             (CpSatEngine(workers=1, cuts=False), "bitqnn.engines.cpsat.encode_term")],
+                         ids=["milp", "cpsat"])
+def test_building_the_model_spends_the_time_limit_too(engine, builder, monkeypatch):
+    """On a 784-input network building one term's model takes about a second; solvers
+    given the whole limit after that overran it, and a 60 s query's pieces, still running
+    at 61 s, had to be killed."""
+    module, name = builder.rsplit(".", 1)
+    build = getattr(__import__(module, fromlist=[name]), name)
+
+    def slow_build(*args, **kwargs):
+        time.sleep(0.5)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(builder, slow_build)
+    start = time.perf_counter()
+    outcome = engine.solve(hard_shipped_query(), 2.0)
+    assert outcome.verdict is Verdict.UNKNOWN and time.perf_counter() - start < 2.0 + 0.5, outcome

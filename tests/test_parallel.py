@@ -117,6 +117,42 @@ def test_a_task_past_its_limit_is_stopped_within_a_second():
     assert result.seconds < 1.0 + GRACE + 0.5
 
 
+class _HangingExecutor:
+    """One worker whose tasks never answer, and which, once killed, takes `restart`
+    seconds to start again, as a real one does while it imports."""
+
+    capacity = 1
+
+    def __init__(self, restart: float) -> None:
+        self.restart = restart
+        self.busy = False
+        self.back_at = 0.0
+
+    @property
+    def free(self) -> int:
+        return int(not self.busy and time.perf_counter() >= self.back_at)
+
+    def submit(self, key, task) -> None:
+        self.busy = True
+
+    def wait(self, timeout: float) -> list:
+        time.sleep(timeout)
+        return []
+
+    def cancel(self, key) -> None:
+        self.busy = False
+        self.back_at = time.perf_counter() + self.restart
+
+
+def test_pieces_left_when_time_runs_out_end_without_waiting_for_a_worker():
+    _, query = random_case(1)  # two competing classes left by the bounds: two pieces, one worker
+    assert len(plan_pieces(query, "class", 1).pieces) == 2
+    start = time.perf_counter()
+    [result] = Scheduler(_HangingExecutor(restart=10.0), workers=1).answer([(Statement(query), "auto", 0.5)])
+    assert result.verdict is Verdict.UNKNOWN
+    assert time.perf_counter() - start < 0.5 + GRACE + 1.0  # not after the worker's 10 s restart
+
+
 def test_closing_the_executor_ends_its_workers():
     cases = [random_case(seed)[1] for seed in range(4)]
     executor = LocalExecutor(2)

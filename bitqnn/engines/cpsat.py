@@ -125,10 +125,12 @@ class CpSatEngine:
         return self._solve_model(query, bounds, term, cuts, remaining, stats, stop)
 
     def _solve_model(self, query: Query, bounds, term, cuts, seconds: float, stats: dict, stop: StopSignal):
+        began = time.perf_counter()
         encoding = encode_term(query.network, bounds, term, cuts)
         stats["variables"] = max(stats.get("variables", 0), encoding.variables)
         objective = sum(c * encoding.outputs[i] for i, c in term[0].terms)
-        status, solver = solve_model(encoding.model, seconds, self.workers, self.seed, objective, stop)
+        left = seconds - (time.perf_counter() - began)  # building the model spent the term's time too
+        status, solver = solve_model(encoding.model, left, self.workers, self.seed, objective, stop)
         found = status in (cp_model.OPTIMAL, cp_model.FEASIBLE)
         return status, input_values(solver, encoding.inputs) if found else None
 

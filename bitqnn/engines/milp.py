@@ -76,6 +76,7 @@ class MilpEngine:
 
     def _solve_term(self, query: Query, bounds, term: Violation, seconds: float, stop: StopSignal):
         """(status, witness or None) for one term: SCIP looks for a point that violates it."""
+        began = time.perf_counter()
         milp = Milp(self.threads)
         lo, hi = query.region.lo, query.region.hi
         inputs = [milp.int_var(float(a), float(b), f"x{i}") for i, (a, b) in enumerate(zip(lo, hi, strict=True))]
@@ -95,7 +96,8 @@ class MilpEngine:
         for var, coefficient in sides[0].terms.values():
             goal.SetCoefficient(var, coefficient)
         goal.SetMaximization()
-        solver.SetTimeLimit(max(int(seconds * 1000), 1))
+        left = seconds - (time.perf_counter() - began)  # building the model spent the term's time too
+        solver.SetTimeLimit(max(int(left * 1000), 1))
         solver.SetSolverSpecificParametersAsString(SCIP_NUMERICS + NO_CUTS + FIRST_SOLUTION)
         with stop.hook(solver.InterruptSolve), quiet_native_output():
             status = solver.Solve(solver_parameters())
