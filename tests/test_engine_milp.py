@@ -68,17 +68,26 @@ def test_auto_with_its_race_agrees_with_enumeration():
 
 
 class _Stubborn:
-    """Searches until stopped: what a losing solver looks like."""
+    """Searches until stopped: what a losing solver looks like. With `build_seconds` it
+    first builds its model, dropping any interrupt meanwhile, as CP-SAT and SCIP do."""
 
     name = "stubborn"
 
-    def __init__(self) -> None:
+    def __init__(self, build_seconds: float = 0.0) -> None:
+        self.build_seconds = build_seconds
         self.stopped_after: float | None = None
 
     def solve(self, query, timeout, stop: StopSignal):
         start = time.perf_counter()
-        released = threading.Event()
-        with stop.hook(released.set):
+        searching, released = threading.Event(), threading.Event()
+
+        def interrupt() -> None:
+            if searching.is_set():
+                released.set()
+
+        with stop.hook(interrupt):
+            time.sleep(self.build_seconds)
+            searching.set()
             released.wait(timeout)
         self.stopped_after = time.perf_counter() - start
         return Outcome.unknown(self.name, self.stopped_after, "stopped")
@@ -106,33 +115,9 @@ def test_race_stops_the_loser_as_soon_as_one_engine_answers():
     assert time.perf_counter() - start < 2 and loser.stopped_after < 2
 
 
-class _LateStarter:
-    """Drops an interrupt that comes before its search has started, as CP-SAT and SCIP do."""
-
-    name = "late starter"
-
-    def __init__(self) -> None:
-        self.stopped_after: float | None = None
-
-    def solve(self, query, timeout, stop: StopSignal):
-        start = time.perf_counter()
-        searching, released = threading.Event(), threading.Event()
-
-        def interrupt() -> None:
-            if searching.is_set():
-                released.set()
-
-        with stop.hook(interrupt):
-            time.sleep(0.5)  # building its model while the rival answers
-            searching.set()
-            released.wait(timeout)
-        self.stopped_after = time.perf_counter() - start
-        return Outcome.unknown(self.name, self.stopped_after, "stopped")
-
-
 def test_race_stops_a_loser_whose_search_starts_after_the_answer():
     _, query = dense_case(1)
-    loser = _LateStarter()
+    loser = _Stubborn(build_seconds=0.5)  # building its model while the rival answers
     outcome = ThreadRace("race", [loser, _Quick()]).solve(query, 30)
     assert outcome.verdict is Verdict.PROVED and loser.stopped_after < 2
 
