@@ -90,3 +90,10 @@ def random_query(rng: np.random.Generator, qnn: QNN, radius: int = 1) -> Query:
     tiebreak = "strict" if rng.random() < 0.5 else "lowest_index"
     violation = robust_violation(label, qnn.output_size, tiebreak)
     return Query(qnn, Box(lo, hi), violation, label=f"robust({label}, {tiebreak})")
+
+
+def random_dense_case(seed: int) -> tuple[str, Query]:
+    """A dense network of one of the requantization kinds, by seed, with a query on it."""
+    rng = np.random.default_rng(seed)
+    kind = REQUANT_KINDS[seed % len(REQUANT_KINDS)]
+    return kind, random_query(rng, random_dense_qnn(rng, kind), radius=int(rng.integers(1, 4)))

@@ -21,22 +21,18 @@ from bitqnn.engines.stop import StopSignal
 from bitqnn.outcome import Outcome, Verdict
 from bitqnn.qnn import Lookup, execute
 from bitqnn.verify import verify
-from tests.netgen import REQUANT_KINDS, random_conv_qnn, random_dense_qnn, random_query
+from tests.netgen import REQUANT_KINDS, random_conv_qnn, random_dense_case, random_query
 
 CASES = 180
 
 
-def dense_case(seed: int):
-    rng = np.random.default_rng(seed)
-    kind = REQUANT_KINDS[seed % len(REQUANT_KINDS)]
-    return kind, random_query(rng, random_dense_qnn(rng, kind), radius=int(rng.integers(1, 4)))
 
 
 def test_milp_agrees_with_enumeration_and_cpsat():
     truth, milp, cpsat = EnumerationEngine(), MilpEngine(), CpSatEngine()
     seen: dict = {}
     for seed in range(CASES):
-        kind, query = dense_case(seed)
+        kind, query = random_dense_case(seed)
         outcome = milp.solve(query, 60)
         if any(isinstance(layer, Lookup) for layer in query.network.layers):
             assert outcome.verdict is Verdict.UNKNOWN and "Lookup" in outcome.reason
@@ -62,7 +58,7 @@ def test_milp_declines_layers_it_does_not_encode():
 def test_auto_with_its_race_agrees_with_enumeration():
     truth, auto = EnumerationEngine(), make_engine("auto")
     for seed in range(0, CASES, 3):
-        _, query = dense_case(seed)
+        _, query = random_dense_case(seed)
         result = verify(query, auto, 60)  # verify replays every witness
         assert result.verdict is truth.solve(query, 60).verdict, seed
 
@@ -107,7 +103,7 @@ class _Quick:
 
 
 def test_race_stops_the_loser_as_soon_as_one_engine_answers():
-    _, query = dense_case(1)
+    _, query = random_dense_case(1)
     loser = _Stubborn()
     start = time.perf_counter()
     outcome = ThreadRace("race", [loser, _Quick()]).solve(query, 30)
@@ -116,14 +112,14 @@ def test_race_stops_the_loser_as_soon_as_one_engine_answers():
 
 
 def test_race_stops_a_loser_whose_search_starts_after_the_answer():
-    _, query = dense_case(1)
+    _, query = random_dense_case(1)
     loser = _Stubborn(build_seconds=0.5)  # building its model while the rival answers
     outcome = ThreadRace("race", [loser, _Quick()]).solve(query, 30)
     assert outcome.verdict is Verdict.PROVED and loser.stopped_after < 2
 
 
 def test_race_reraises_an_engine_error_and_stops_the_rest():
-    _, query = dense_case(1)
+    _, query = random_dense_case(1)
     loser = _Stubborn()
     with pytest.raises(RuntimeError, match="replay"):
         ThreadRace("race", [_Quick(error=RuntimeError("replay disagrees")), loser]).solve(query, 30)

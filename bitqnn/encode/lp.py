@@ -20,6 +20,7 @@ import numpy as np
 from ortools.linear_solver import pywraplp
 
 from bitqnn.bounds import NetworkBounds
+from bitqnn.engines.stop import StopSignal
 from bitqnn.hull import stage_hull
 from bitqnn.qnn import QNN, Conv2d, Dense, Reshape
 
@@ -127,8 +128,9 @@ class RelaxationLP:
             previous = z
         self.row(float(steps[0]), float(steps[0]), link)
 
-    def maximize(self, terms: tuple[tuple[int, int], ...], time_limit: float) -> float | None:
-        """max sum(c * output[i]) over the relaxation; None if GLOP does not finish."""
+    def maximize(self, terms: tuple[tuple[int, int], ...], time_limit: float,
+                 stop: StopSignal | None = None) -> float | None:
+        """max sum(c * output[i]) over the relaxation; None if GLOP does not finish (or is stopped)."""
         objective = self.solver.Objective()
         objective.Clear()
         constant = 0.0
@@ -139,7 +141,9 @@ class RelaxationLP:
                 constant += c * self.outputs[i]
         objective.SetMaximization()
         self.solver.SetTimeLimit(max(1, int(time_limit * 1000)))
-        if self.solver.Solve() != pywraplp.Solver.OPTIMAL:
+        with (stop or StopSignal()).hook(self.solver.InterruptSolve):
+            status = self.solver.Solve()
+        if status != pywraplp.Solver.OPTIMAL:
             return None
         return objective.Value() + constant
 
@@ -148,12 +152,12 @@ class RelaxationLP:
 
 
 def relaxation_point(qnn: QNN, bounds: NetworkBounds, terms: tuple[tuple[int, int], ...],
-                     time_limit: float) -> np.ndarray | None:
+                     time_limit: float, stop: StopSignal | None = None) -> np.ndarray | None:
     """A real input in the box maximizing sum(c * y[i]) over the LP relaxation; None when
     the network has layers this LP does not model or the solve does not finish."""
     if not supported(qnn):
         return None
     lp = RelaxationLP(qnn, bounds)
-    if lp.maximize(terms, time_limit) is None:
+    if lp.maximize(terms, time_limit, stop) is None:
         return None
     return lp.input_point()

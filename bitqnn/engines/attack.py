@@ -1,7 +1,7 @@
 """Cheap falsification: search for a counterexample before any exact solving.
 
 Exact engines are slowest exactly where a counterexample exists, and a local search
-finds most of those in milliseconds. Two phases, both scored on the exact executor:
+finds most of those in milliseconds. Three phases, all scored on the exact executor:
 
 1. Gradient: sign steps on the straight-through Jacobian (each requantization treated as
    its local slope, clamps as cut-offs), then greedy single-coordinate moves.
@@ -10,6 +10,9 @@ finds most of those in milliseconds. Two phases, both scored on the exact execut
    moves that accepts ties. The walk is what crosses the plateaus of a quantized network,
    where single moves change nothing; the LP point is what puts it near the steps that
    matter.
+3. Neighbourhood (only when asked for): SCIP on small boxes around the best point the
+   phases before reached (`engines.neighbourhood`), for counterexamples that no walk
+   reaches and that the exact engines find only late.
 
 It can only ever answer FALSIFIED (with a witness checked on the executor) or UNKNOWN.
 """
@@ -17,10 +20,13 @@ It can only ever answer FALSIFIED (with a witness checked on the executor) or UN
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from bitqnn.encode.lp import relaxation_point
+from bitqnn.engines.neighbourhood import neighbourhood_search
+from bitqnn.engines.stop import StopSignal
 from bitqnn.outcome import Outcome, Verdict
 from bitqnn.qnn import QNN, Conv2d, Dense, Lookup, MaxPool2d, execute, run_layer
 from bitqnn.query import Query, Violation
@@ -62,59 +68,88 @@ def straight_through_jacobian(qnn: QNN, x: np.ndarray) -> np.ndarray:
     return jac
 
 
+PHASES = ("gradient", "lp", "neighbourhood")
+EARLY_SHARE = 1 / 3  # the share of the budget a phase may use when another phase comes after it
+
+
+@dataclass
+class _Allowance:
+    """What a phase may still spend: the query's wall time, this thread's CPU budget, and
+    nothing once the race is over. Calling it asks whether the phase is out of time."""
+
+    wall_end: float
+    cpu_end: float
+    stop: StopSignal
+
+    def left(self) -> float:
+        if self.stop.stopped:
+            return 0.0
+        return min(self.wall_end - time.perf_counter(), self.cpu_end - time.thread_time())
+
+    def __call__(self) -> bool:
+        return self.left() <= 0
+
+
+@dataclass
+class _Best:
+    """The highest-scoring point any phase has reached, and the term it was scored on:
+    where the neighbourhood search starts."""
+
+    score: float = -np.inf
+    point: np.ndarray | None = None
+    term: Violation | None = None
+
+    def offer(self, score: float, point: np.ndarray, term: Violation) -> None:
+        if score > self.score:
+            self.score, self.point, self.term = score, point, term
+
+
 class AttackEngine:
     name = "attack"
 
     def __init__(self, budget: float = 2.0, restarts: int = 4, seed: int = 0,
                  phases: tuple[str, ...] = ("gradient", "lp")) -> None:
-        unknown = set(phases) - {"gradient", "lp"}
+        unknown = set(phases) - set(PHASES)
         if unknown:
             raise ValueError(f"unknown attack phase {sorted(unknown)[0]!r}")
-        self.budget = budget  # CPU seconds of this process, so a loaded machine does not starve the search
+        self.budget = budget  # CPU seconds of this thread: neither a loaded machine nor racing engines starve it
         self.restarts = restarts
         self.seed = seed
         self.phases = phases
 
-    def solve(self, query: Query, timeout: float) -> Outcome:
+    def solve(self, query: Query, timeout: float, stop: StopSignal | None = None) -> Outcome:
         start = time.perf_counter()
-        cpu_limit = time.process_time() + self.budget
-
-        def out_of_time() -> bool:
-            return time.perf_counter() - start > timeout or time.process_time() > cpu_limit
-
+        stop = stop or StopSignal()
+        cpu_end = time.thread_time() + self.budget
         rng = np.random.default_rng(self.seed)
+        best = _Best()
         evaluations = 0
-        share = 1 / 3 if "lp" in self.phases else 1.0  # the LP phase must get its turn
-        gradient_limit = time.process_time() + self.budget * share
-
-        def gradient_out_of_time() -> bool:
-            return out_of_time() or time.process_time() > gradient_limit
-
-        chosen = {"gradient": (self._gradient_phase, gradient_out_of_time), "lp": (self._lp_phase, out_of_time)}
-        for phase, limit in (chosen[name] for name in self.phases):
-            witness, used = phase(query, rng, limit)
+        for position, name in enumerate(self.phases):
+            share = 1.0 if position == len(self.phases) - 1 else EARLY_SHARE  # later phases must get their turn
+            allowance = _Allowance(start + timeout, min(cpu_end, time.thread_time() + self.budget * share), stop)
+            witness, used = getattr(self, f"_{name}_phase")(query, rng, allowance, best)
             evaluations += used
             if witness is not None:
                 return Outcome(Verdict.FALSIFIED, self.name, time.perf_counter() - start,
-                               witness=witness, stats={"evaluations": evaluations, "phase": phase.__name__[1:]})
-            if out_of_time():
+                               witness=witness, stats={"evaluations": evaluations, "phase": name})
+            if stop.stopped or time.perf_counter() - start > timeout or time.thread_time() > cpu_end:
                 break
-        return Outcome.unknown(self.name, time.perf_counter() - start, "no counterexample found",
-                               evaluations=evaluations)
+        return Outcome.unknown(self.name, time.perf_counter() - start,
+                               "stopped" if stop.stopped else "no counterexample found", evaluations=evaluations)
 
-    def _gradient_phase(self, query: Query, rng: np.random.Generator, out_of_time):
+    def _gradient_phase(self, query: Query, rng: np.random.Generator, out_of_time: _Allowance, best: _Best):
         lo, hi = query.region.lo, query.region.hi
         starts = [np.clip((lo + hi) // 2, lo, hi)] + [rng.integers(lo, hi + 1) for _ in range(self.restarts - 1)]
         evaluations = 0
         for point in starts:
             for term in query.violation.terms:
-                witness, used = self._descend(query, Violation((term,)), point, out_of_time)
+                witness, used = self._descend(query, Violation((term,)), point, out_of_time, best)
                 evaluations += used
                 if witness is not None or out_of_time():
                     return witness, evaluations
         return None, evaluations
 
-    def _lp_phase(self, query: Query, rng: np.random.Generator, out_of_time):
+    def _lp_phase(self, query: Query, rng: np.random.Generator, out_of_time: _Allowance, best: _Best):
         """Walk from rounded LP optima, one violation term at a time, most promising first."""
         analysis = analysis_of(query)
         violation, _ = analysis.prune(query.violation)
@@ -123,20 +158,32 @@ class AttackEngine:
         for term in violation.terms:
             if len(term) != 1 or out_of_time():
                 continue  # a conjunction of atoms has no single objective to aim at
-            point = relaxation_point(query.network, analysis.bounds, term[0].terms, time_limit=self.budget)
+            point = relaxation_point(query.network, analysis.bounds, term[0].terms, self.budget, out_of_time.stop)
             if point is None:
                 continue
             for rounding in range(self.restarts):
                 jitter = 0.5 if rounding == 0 else rng.random(point.shape)  # nearest, then randomized
                 start = np.clip(np.floor(point + jitter).astype(np.int64), lo, hi)
-                witness, used = self._walk(query, Violation((term,)), start, rng, out_of_time)
+                witness, used = self._walk(query, Violation((term,)), start, rng, out_of_time, best)
                 evaluations += used
                 if witness is not None or out_of_time():
                     return witness, evaluations
         return None, evaluations
 
+    def _neighbourhood_phase(self, query: Query, rng: np.random.Generator, allowance: _Allowance, best: _Best):
+        """SCIP around the best point the phases before reached (`engines.neighbourhood`)."""
+        if best.point is None or len(best.term.terms[0]) != 1:
+            return None, 0
+        atom = best.term.terms[0][0]
+
+        def gradient_at(x: np.ndarray) -> np.ndarray:
+            jac = straight_through_jacobian(query.network, x)
+            return sum(c * jac[i] for i, c in atom.terms)
+
+        return neighbourhood_search(query, atom, best.point, gradient_at, allowance.left, allowance.stop), 0
+
     def _walk(self, query: Query, term: Violation, x: np.ndarray, rng: np.random.Generator, out_of_time,
-              batch: int = 256, patience: int = 40):
+              best: _Best, batch: int = 256, patience: int = 40):
         """Batches of 1-3 coordinate moves; the best is taken if it is no worse (ties cross plateaus)."""
         qnn, lo, hi = query.network, query.region.lo, query.region.hi
         score = violation_score(term, execute(qnn, x))[0]
@@ -150,13 +197,14 @@ class AttackEngine:
             moves[rows, cols] = rng.integers(lo[cols], hi[cols] + 1)
             scores = violation_score(term, execute(qnn, moves))
             evaluations += batch
-            best = int(np.argmax(scores))
-            stale = 0 if scores[best] > score else stale + 1
-            if scores[best] >= score:
-                x, score = moves[best], scores[best]
+            top = int(np.argmax(scores))
+            stale = 0 if scores[top] > score else stale + 1
+            if scores[top] >= score:
+                x, score = moves[top], scores[top]
+        best.offer(score, x, term)
         return (x if score >= 0 else None), evaluations
 
-    def _descend(self, query: Query, term: Violation, point: np.ndarray, out_of_time):
+    def _descend(self, query: Query, term: Violation, point: np.ndarray, out_of_time, best: _Best):
         qnn, lo, hi = query.network, query.region.lo, query.region.hi
         x = point.copy()
         evaluations = 0
@@ -176,10 +224,11 @@ class AttackEngine:
             moves[x.size + np.arange(x.size), np.arange(x.size)] = hi
             scores = violation_score(term, execute(qnn, moves))
             evaluations += len(moves)
-            best = int(np.argmax(scores))
-            if scores[best] <= score:
+            top = int(np.argmax(scores))
+            if scores[top] <= score:
                 break
-            x, score = moves[best], scores[best]
+            x, score = moves[top], scores[top]
+        best.offer(score, x, term)
         if score >= 0:
             return x, evaluations
         return None, evaluations
