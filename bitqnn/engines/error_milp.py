@@ -22,12 +22,8 @@ different footing:
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -35,6 +31,7 @@ from ortools.linear_solver import pywraplp
 
 from bitqnn.dra import analysis_for
 from bitqnn.encode.milp import ErrorModel, UnsupportedEncoding, build_model, var_of
+from bitqnn.engines.quiet import quiet_native_output
 from bitqnn.error_query import ErrorOutcome, ErrorQuery
 from bitqnn.outcome import Verdict
 from bitqnn.pairing import PairingError
@@ -156,26 +153,6 @@ def solver_parameters() -> pywraplp.MPSolverParameters:
     params.SetDoubleParam(pywraplp.MPSolverParameters.PRIMAL_TOLERANCE, FEASIBILITY_TOLERANCE)
     params.SetDoubleParam(pywraplp.MPSolverParameters.DUAL_TOLERANCE, DUAL_TOLERANCE)
     return params
-
-
-@contextlib.contextmanager
-def quiet_native_output() -> Iterator[None]:
-    """Silence what SCIP and SoPlex print from C (for instance that an LP tolerance was
-    raised to 1e-10 for want of GMP, which the margin already covers), so it cannot
-    interleave with bitqnn's own table and progress lines."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with open(os.devnull, "w") as sink:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
 
 
 Hint = tuple[list, list]

@@ -34,7 +34,8 @@ import numpy as np
 from ortools.linear_solver import pywraplp
 
 from bitqnn.encode.milp import Lin, Milp, UnsupportedEncoding, qnn_layer
-from bitqnn.engines.error_milp import FEASIBILITY_TOLERANCE, SCIP_NUMERICS, quiet_native_output, solver_parameters
+from bitqnn.engines.error_milp import FEASIBILITY_TOLERANCE, SCIP_NUMERICS, solver_parameters
+from bitqnn.engines.quiet import quiet_native_output
 from bitqnn.engines.stop import StopSignal
 from bitqnn.engines.terms import solve_terms
 from bitqnn.outcome import Outcome, Verdict
