@@ -25,11 +25,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from bitqnn.encode.lp import relaxation_point
-from bitqnn.engines.neighbourhood import neighbourhood_search
+from bitqnn.engines.neighbourhood import atom_value, neighbourhood_search
 from bitqnn.engines.stop import StopSignal
 from bitqnn.outcome import Outcome, Verdict
 from bitqnn.qnn import QNN, Conv2d, Dense, Lookup, MaxPool2d, execute, run_layer
-from bitqnn.query import Query, Violation
+from bitqnn.query import LinearAtom, Query, Violation
 from bitqnn.symbolic import analysis_of
 
 
@@ -102,6 +102,11 @@ class _Best:
     def offer(self, score: float, point: np.ndarray, term: Violation) -> None:
         if score > self.score:
             self.score, self.point, self.term = score, point, term
+
+
+def atom_gradient(atom: LinearAtom, jac: np.ndarray) -> np.ndarray:
+    """d(atom's left-hand side)/d(input) from the straight-through Jacobian."""
+    return sum(c * jac[i] for i, c in atom.terms)
 
 
 class AttackEngine:
@@ -177,8 +182,7 @@ class AttackEngine:
         atom = best.term.terms[0][0]
 
         def gradient_at(x: np.ndarray) -> np.ndarray:
-            jac = straight_through_jacobian(query.network, x)
-            return sum(c * jac[i] for i, c in atom.terms)
+            return atom_gradient(atom, straight_through_jacobian(query.network, x))
 
         return neighbourhood_search(query, atom, best.point, gradient_at, allowance.left, allowance.stop), 0
 
@@ -236,5 +240,5 @@ class AttackEngine:
     @staticmethod
     def _score_gradient(term: Violation, jac: np.ndarray, outputs: np.ndarray) -> np.ndarray:
         """Gradient of the left-hand side of the atom furthest from holding."""
-        atom = min(term.terms[0], key=lambda a: sum(c * int(outputs[i]) for i, c in a.terms) - a.bound)
-        return sum(c * jac[i] for i, c in atom.terms)
+        atom = min(term.terms[0], key=lambda a: atom_value(a, outputs) - a.bound)
+        return atom_gradient(atom, jac)
