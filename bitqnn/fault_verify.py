@@ -15,11 +15,11 @@ from bitqnn.outcome import Verdict
 from bitqnn.replay import ReplayMismatch, check_on_executor, replay
 from bitqnn.verify import Result
 
-FAULT_ENGINES = ("auto", "cpsat", "smt", "enumerate")
+FAULT_ENGINES = ("auto", "cpsat", "milp", "smt", "enumerate")
 
 
 def make_fault_engine(name: str):
-    if name in ("auto", "cpsat"):
+    if name in ("auto", "cpsat", "milp"):
         from bitqnn.engines.faults import FaultEngine
 
         return FaultEngine(name)

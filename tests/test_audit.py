@@ -280,7 +280,7 @@ INDEX = f'audit robust(q, radius=0) over sample "{DATA}" index '
     (INDEX.replace("radius=0", "radius=-1") + "0..2 under bitflips(k=1, params=q.weights)", "-1",
      "the radius must not be negative"),
     (INDEX + "0..2 under bitflips(k=1, params=q.weights) with engine=bounds", "bounds",
-     "engine must be one of auto, cpsat, smt, enumerate, not bounds"),
+     "engine must be one of auto, cpsat, milp, smt, enumerate, not bounds"),
     (INDEX + "0..2 under bitflips(k=1, params=q.weights) with label=3", "label",
      "unknown option 'label' for audit; expected one of timeout, engine, tiebreak"),
     (INDEX.replace("robust(q", "robust(f") + "0..2 under bitflips(k=1, params=f.weights)", "f,",

@@ -66,3 +66,11 @@ def test_benchmark_queries_keep_their_image_numbers_when_a_run_starts_later():
     queries = make_queries(qnn, images, np.array([3, 5]), [1, 2], first=8)
     assert [q.label for q in queries] == ["image 8 radius 1", "image 9 radius 1", "image 8 radius 2",
                                           "image 9 radius 2"]
+
+
+@pytest.mark.parametrize("spec, expected", [("digits_bitflip_resilient.qspec", EXIT_PROVED),
+                                            ("digits_bitflip_attack.qspec", EXIT_FALSIFIED)])
+def test_the_milp_fault_encoding_decides_the_shipped_specs(capsys, spec, expected):
+    """`--engine milp`: pruning, then SCIP's encoding of the flips for whatever is left."""
+    code, out, _ = run(capsys, "prove", SPECS / spec, "--engine", "milp")
+    assert code == expected, out

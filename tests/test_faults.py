@@ -145,7 +145,8 @@ def test_small_fault_queries_on_every_engine():
                    weight_storage=Storage(3, False), bias_storage=Storage(4, True))
     qnn = QNN((2,), -4, 4, (qnn.layers[0], second))
     query = point_query(qnn, np.array([2, 0]), 0)  # outputs [6, -2]
-    engines = [FaultEnumerationEngine(), SmtFaultEngine(), FaultEngine("cpsat"), FaultEngine("auto")]
+    engines = [FaultEnumerationEngine(), SmtFaultEngine(), FaultEngine("cpsat"), FaultEngine("milp"),
+               FaultEngine("auto")]
     low_bits = FaultQuery(query, FaultModel(1, (ParamSelection(0, "biases"),), BitSelection("list", positions=(0,))))
     sign_bits = FaultQuery(query, FaultModel(1, (ParamSelection(0, "weights"),), BitSelection("sign")))
     lavish = FaultQuery(query, FaultModel(4, (ParamSelection(0, "weights", ((0, 0),)),), BitSelection("sign")))

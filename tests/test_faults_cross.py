@@ -20,7 +20,7 @@ from bitqnn.engines.enumeration import box_points
 from bitqnn.engines.fault_enumeration import FaultEnumerationEngine, pattern_count
 from bitqnn.engines.faults import FaultEngine, FaultOutcome
 from bitqnn.engines.smt_faults import SmtFaultEngine
-from bitqnn.fault_prune import fault_bounds, screen
+from bitqnn.fault_prune import fault_bounds, group_bounds, screen
 from bitqnn.faults import (
     SCOPES,
     BitSelection,
@@ -36,7 +36,7 @@ from bitqnn.outcome import Verdict
 from bitqnn.properties import robust_violation, targeted_violation
 from bitqnn.qnn import QNN, Dense, Storage, execute, run_layer
 from bitqnn.query import Box, Query
-from bitqnn.symbolic import _ANALYSES
+from bitqnn.symbolic import _ANALYSES, symbolic_bounds
 from tests.netgen import REQUANT_KINDS, random_dense_qnn
 
 SIZES = ((2, 3, 2), (3, 3, 2), (2, 4, 3), (3, 2, 3))
@@ -165,7 +165,8 @@ def agreed_outcomes(fq: FaultQuery, engines: list, seed: int) -> list[FaultOutco
 
 
 def cross_check(seeds: range, broad: bool) -> Tally:
-    engines = [FaultEnumerationEngine(), SmtFaultEngine(), FaultEngine("cpsat"), FaultEngine("auto")]
+    engines = [FaultEnumerationEngine(), SmtFaultEngine(), FaultEngine("cpsat"), FaultEngine("milp"),
+               FaultEngine("auto")]
     tally = Tally()
     for seed in seeds:
         outcomes = agreed_outcomes(random_fault_query(seed, broad), engines, seed)
@@ -215,24 +216,38 @@ def test_point_queries_skip_the_symbolic_pass_and_agree_with_brute_force(monkeyp
     assert tally.proved >= 20 and tally.falsified >= 20, tally
 
 
+def assert_bounds_contain(qnn: QNN, bounds, cands, model: FaultModel, points: np.ndarray, case) -> None:
+    for rows in [(), *patterns(cands, model)]:
+        faulty = apply_flips(qnn, tuple(cands.flip(j) for j in rows))
+        values = points
+        for index, layer_bounds in enumerate(bounds.layers):
+            values, acc = run_layer(faulty, index, values)
+            assert np.all(values >= layer_bounds.lo) and np.all(values <= layer_bounds.hi), (case, rows, index)
+            fixed = layer_bounds.lo == layer_bounds.hi
+            assert np.all((acc >= layer_bounds.acc_lo) | fixed) and np.all((acc <= layer_bounds.acc_hi) | fixed), \
+                (case, rows, index)
+
+
 def test_fault_bounds_contain_every_faulty_network():
-    """fault_bounds is what the exact encodings take their widths and constants from."""
+    """fault_bounds is what the exact encodings take their widths and constants from; on
+    symbolic clean bounds its difference propagation is what is tested, and per neuron
+    `group_bounds` adds the augmented analysis."""
+    groups = 0
     for seed in range(60):
         fq = random_fault_query(seed)
         query, model = fq.query, fq.model
         qnn = query.network
         cands = candidates(qnn, model)
-        bounds, _ = fault_bounds(qnn, interval_bounds(qnn, query.region), cands, model.k)
         points = box_points(query.region.lo, query.region.hi, 0, query.region.points)
-        for rows in [(), *patterns(cands, model)]:
-            faulty = apply_flips(qnn, tuple(cands.flip(j) for j in rows))
-            values = points
-            for index, layer_bounds in enumerate(bounds.layers):
-                values, acc = run_layer(faulty, index, values)
-                assert np.all(values >= layer_bounds.lo) and np.all(values <= layer_bounds.hi), (seed, rows, index)
-                fixed = layer_bounds.lo == layer_bounds.hi
-                assert np.all((acc >= layer_bounds.acc_lo) | fixed) and np.all((acc <= layer_bounds.acc_hi) | fixed), \
-                    (seed, rows, index)
+        for clean in (interval_bounds(qnn, query.region), symbolic_bounds(qnn, query.region)):
+            bounds, _ = fault_bounds(qnn, clean, cands, model.k)
+            assert_bounds_contain(qnn, bounds, cands, model, points, seed)
+            for layer, neuron in sorted(set(zip(cands.layer.tolist(), cands.neuron.tolist(), strict=True))):
+                part = cands.subset(np.flatnonzero((cands.layer == layer) & (cands.neuron == neuron)))
+                narrowed = group_bounds(qnn, query.region, clean, part, model.k)
+                assert_bounds_contain(qnn, narrowed, part, model, points, (seed, layer, neuron))
+                groups += 1
+    assert groups >= 100, groups
 
 
 def test_screening_settles_only_flip_sets_without_a_counterexample():

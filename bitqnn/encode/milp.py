@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -288,8 +289,12 @@ class LayerVars:
     f_out: list[Lin]
 
 
-def qnn_layer(milp: Milp, qnn: QNN, bounds: NetworkBounds, index: int,
-              values: list[Lin]) -> tuple[list[Lin | None], list[Lin]]:
+# what a caller adds to a neuron's accumulator (layer, neuron, the layer's inputs): bit flips do
+AccumulatorTerms = Callable[[int, int, list[Lin]], Lin]
+
+
+def qnn_layer(milp: Milp, qnn: QNN, bounds: NetworkBounds, index: int, values: list[Lin],
+              extra: AccumulatorTerms | None = None) -> tuple[list[Lin | None], list[Lin]]:
     """One dense QNN layer exactly: an integer accumulator row and its output stage per
     unstable neuron; a neuron the bounds fix is a constant."""
     layer = qnn.layers[index]
@@ -307,7 +312,10 @@ def qnn_layer(milp: Milp, qnn: QNN, bounds: NetworkBounds, index: int,
             continue
         acc_lo, acc_hi = int(b.acc_lo[n]), int(b.acc_hi[n])
         acc = milp.int_var(acc_lo, acc_hi, f"a{index}_{n}")
-        milp.row(acc.add(dot(form.matrix[n], values, float(form.offset[n])), -1.0), 0.0, 0.0)
+        total = dot(form.matrix[n], values, float(form.offset[n]))
+        if extra is not None:
+            total = total.add(extra(index, n, values))
+        milp.row(acc.add(total, -1.0), 0.0, 0.0)
         channel = int(form.channels[n])
         y = output_stage(milp, layer.output, channel, acc, acc_lo, acc_hi, f"{index}_{n}")
         if len(y.terms) == 1 and y.const == 0.0 and next(iter(y.terms.values()))[1] == 1.0:

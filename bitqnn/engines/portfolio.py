@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
 from bitqnn.engines.stop import StopSignal
 from bitqnn.outcome import Outcome, Verdict
@@ -46,9 +49,47 @@ class SequentialPortfolio:
         return Outcome.unknown(self.name, time.perf_counter() - start, reason)
 
 
+RESTOP_INTERVAL = 0.05  # seconds between repeated stops while a loser winds down
+T = TypeVar("T")
+
+
+def race(tasks: list[Callable[..., T]], decisive: Callable[[T], bool]) -> list[T | None]:
+    """Each task, called with `stop=` a shared `StopSignal`, in a thread of its own; the
+    first decisive result stops the others. Every task's result, in order (None for one
+    that did not return); an exception in a task stops the rest and is raised here.
+
+    The calling thread repeats the stop until every task has returned (`ThreadRace`)."""
+    stop = StopSignal()
+    results: list[T | None] = [None] * len(tasks)
+    failures: list[BaseException] = []
+
+    def run(position: int) -> None:
+        try:
+            result = tasks[position](stop=stop)
+        except BaseException as error:  # re-raised in the caller's thread below
+            failures.append(error)
+            stop.stop()
+            return
+        results[position] = result
+        if decisive(result):
+            stop.stop()
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(tasks))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(RESTOP_INTERVAL)
+            if stop.stopped:
+                stop.stop()
+    if failures:
+        raise failures[0]
+    return results
+
+
 class ThreadRace:
-    """Engines side by side in threads of this process; the first conclusive answer wins
-    and the others are stopped through a shared `StopSignal`.
+    """Engines side by side in threads of this process (`race`); the first conclusive
+    answer wins and the others are stopped through a shared `StopSignal`.
 
     Threads, not processes, because CP-SAT and SCIP both release the GIL while they search
     and stop promptly when asked, and a piece already running in a worker process must not
@@ -63,39 +104,14 @@ class ThreadRace:
     was still in its cut rounds, and every piece then took the full 60 s.
     """
 
-    RESTOP_INTERVAL = 0.05  # seconds between repeated stops while a loser winds down
-
     def __init__(self, name: str, engines: list) -> None:
         self.name = name
         self.engines = engines
 
     def solve(self, query: Query, timeout: float) -> Outcome:
         start = time.perf_counter()
-        stop = StopSignal()
-        outcomes: list[Outcome | None] = [None] * len(self.engines)
-        failures: list[BaseException] = []
-
-        def run(position: int, engine) -> None:
-            try:
-                outcome = engine.solve(query, timeout, stop=stop)
-            except BaseException as error:  # re-raised in the caller's thread below
-                failures.append(error)
-                stop.stop()
-                return
-            outcomes[position] = outcome
-            if outcome.verdict is not Verdict.UNKNOWN:
-                stop.stop()
-
-        threads = [threading.Thread(target=run, args=(i, e), daemon=True) for i, e in enumerate(self.engines)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(self.RESTOP_INTERVAL)
-                if stop.stopped:
-                    stop.stop()
-        if failures:
-            raise failures[0]
+        outcomes = race([partial(engine.solve, query, timeout) for engine in self.engines],
+                        lambda outcome: outcome.verdict is not Verdict.UNKNOWN)
         for outcome in outcomes:
             if outcome is not None and outcome.verdict is not Verdict.UNKNOWN:
                 stats = dict(outcome.stats, stage=outcome.engine)

@@ -1,0 +1,67 @@
+"""One group of candidate flips and one violation term, decided by SCIP (`encode.milp_faults`).
+
+What each answer rests on, as for `engines.milp`: a point SCIP returns is rounded to the
+integer grid, its flips are read off the binaries, and the input is replayed on the
+executor with those flips applied; a point that does not replay is no witness (the term
+stays open). INFEASIBLE rests on SCIP's floating-point LP with the tight tolerances of
+`error_milp.SCIP_NUMERICS`; the tests cross-check it against CP-SAT's encoding and against
+enumeration of every flip and input.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from ortools.linear_solver import pywraplp
+
+from bitqnn.bounds import NetworkBounds
+from bitqnn.encode.milp import Lin, UnsupportedEncoding, var_of
+from bitqnn.encode.milp_faults import encode_fault_milp
+from bitqnn.engines.error_milp import SCIP_NUMERICS, solver_parameters
+from bitqnn.engines.milp import FIRST_SOLUTION, NO_CUTS, SOLVED
+from bitqnn.engines.quiet import quiet_native_output
+from bitqnn.engines.stop import StopSignal
+from bitqnn.faults import Candidates, FaultModel, Flip, apply_flips
+from bitqnn.outcome import Verdict
+from bitqnn.qnn import execute
+from bitqnn.query import LinearAtom, Query, Violation
+
+
+def _value(form: Lin) -> float:
+    return form.const + sum(var.solution_value() * c for var, c in form.terms.values())
+
+
+def milp_group_term(query: Query, fault: FaultModel, part: Candidates, bounds: NetworkBounds,
+                    term: tuple[LinearAtom, ...], seconds: float,
+                    stop: StopSignal) -> tuple[Verdict, np.ndarray | None, tuple[Flip, ...]]:
+    """(PROVED: no flip of `part` and no input satisfy `term`; FALSIFIED with the replayed
+    input and flips; UNKNOWN) within `seconds`, building the model included."""
+    began = time.perf_counter()
+    try:
+        model = encode_fault_milp(query.network, bounds, part, fault, term)
+    except UnsupportedEncoding:  # a step table too large to state: CP-SAT's encoding may still decide
+        return Verdict.UNKNOWN, None, ()
+    solver = model.milp.solver
+    goal = solver.Objective()  # the first atom's slack steers SCIP towards violating points
+    for var, coefficient in model.sides[0].terms.values():
+        goal.SetCoefficient(var, coefficient)
+    goal.SetMaximization()
+    left = seconds - (time.perf_counter() - began)
+    if left <= 0:
+        return Verdict.UNKNOWN, None, ()
+    solver.SetTimeLimit(max(int(left * 1000), 1))
+    solver.SetSolverSpecificParametersAsString(SCIP_NUMERICS + NO_CUTS + FIRST_SOLUTION)
+    with stop.hook(solver.InterruptSolve), quiet_native_output():
+        status = solver.Solve(solver_parameters())
+    if status == pywraplp.Solver.INFEASIBLE:
+        return Verdict.PROVED, None, ()
+    if status not in SOLVED:
+        return Verdict.UNKNOWN, None, ()
+    lo, hi = query.region.lo, query.region.hi
+    point = np.clip(np.array([round(_value(x)) for x in model.inputs], dtype=np.int64), lo, hi)
+    flips = tuple(part.flip(j) for j, flag in enumerate(model.flags) if var_of(flag).solution_value() > 0.5)
+    outputs = execute(apply_flips(query.network, flips), point)
+    if bool(Violation((term,)).holds(outputs)[0]):
+        return Verdict.FALSIFIED, point, flips
+    return Verdict.UNKNOWN, None, ()
