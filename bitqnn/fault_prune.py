@@ -87,10 +87,10 @@ def fault_bounds(qnn: QNN, clean: NetworkBounds, cands: Candidates, k: int) -> t
     its output at all. A layer after a faulty one takes the tighter of two sound bounds:
     intervals over the widened inputs, and its clean (symbolic) accumulator bounds moved by
     how far the faulty network's inputs can differ from the clean one's (difference
-    propagation, `fault_tolerance.stage_difference`). The second is what keeps a deep
-    network's bounds close to the clean ones when one first-layer neuron is faulty (on the
-    3x512 MNIST model, image 10 at radius 1, intervals alone left a term that neither
-    CP-SAT nor SCIP settled in 100 s, against 1 s for the clean term)."""
+    propagation, `fault_tolerance.stage_difference`). The second keeps a deep network's
+    bounds nearer the clean ones when one first-layer neuron is faulty: on the 3x512 MNIST
+    model (image 10 at radius 1) the last two layers' mean accumulator widths went from
+    33057 and 53382 to 26100 and 40413 (clean: 8695 and 8420)."""
     invariant = np.zeros(len(cands), dtype=bool)
     layers = list(clean.layers)
     widened = False
