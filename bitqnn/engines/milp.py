@@ -104,8 +104,12 @@ class MilpEngine:
             status = solver.Solve(solver_parameters())
         if status not in SOLVED:
             return status, None
-        point = np.array([round(v.const + sum(var.solution_value() * c for var, c in v.terms.values()))
-                          for v in inputs], dtype=np.int64)
-        point = np.clip(point, lo, hi)
+        point = solved_input(inputs, lo, hi)
         holds = bool(term.holds(execute(query.network, point))[0])
         return status, (point if holds else None)
+
+
+def solved_input(inputs: list[Lin], lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """SCIP's point on the integer input grid (integrality holds only within its tolerance)."""
+    values = [round(v.const + sum(var.solution_value() * c for var, c in v.terms.values())) for v in inputs]
+    return np.clip(np.array(values, dtype=np.int64), lo, hi)

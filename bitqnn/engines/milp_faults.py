@@ -16,20 +16,16 @@ import numpy as np
 from ortools.linear_solver import pywraplp
 
 from bitqnn.bounds import NetworkBounds
-from bitqnn.encode.milp import Lin, UnsupportedEncoding, var_of
+from bitqnn.encode.milp import UnsupportedEncoding, var_of
 from bitqnn.encode.milp_faults import encode_fault_milp
 from bitqnn.engines.error_milp import SCIP_NUMERICS, solver_parameters
-from bitqnn.engines.milp import FIRST_SOLUTION, NO_CUTS, SOLVED
+from bitqnn.engines.milp import FIRST_SOLUTION, NO_CUTS, SOLVED, solved_input
 from bitqnn.engines.quiet import quiet_native_output
 from bitqnn.engines.stop import StopSignal
 from bitqnn.faults import Candidates, FaultModel, Flip, apply_flips
 from bitqnn.outcome import Verdict
 from bitqnn.qnn import execute
 from bitqnn.query import LinearAtom, Query, Violation
-
-
-def _value(form: Lin) -> float:
-    return form.const + sum(var.solution_value() * c for var, c in form.terms.values())
 
 
 def milp_group_term(query: Query, fault: FaultModel, part: Candidates, bounds: NetworkBounds,
@@ -58,8 +54,7 @@ def milp_group_term(query: Query, fault: FaultModel, part: Candidates, bounds: N
         return Verdict.PROVED, None, ()
     if status not in SOLVED:
         return Verdict.UNKNOWN, None, ()
-    lo, hi = query.region.lo, query.region.hi
-    point = np.clip(np.array([round(_value(x)) for x in model.inputs], dtype=np.int64), lo, hi)
+    point = solved_input(model.inputs, query.region.lo, query.region.hi)
     flips = tuple(part.flip(j) for j, flag in enumerate(model.flags) if var_of(flag).solution_value() > 0.5)
     outputs = execute(apply_flips(query.network, flips), point)
     if bool(Violation((term,)).holds(outputs)[0]):
