@@ -328,6 +328,18 @@ def qnn_layer(milp: Milp, qnn: QNN, bounds: NetworkBounds, index: int, values: l
     return accs, outs
 
 
+def violation_rows(milp: Milp, outputs: list[Lin], term) -> list[Lin]:
+    """One conjunction of output atoms as rows; each atom's left-hand side, in order."""
+    sides = []
+    for atom in term:
+        lhs = Lin()
+        for output, coefficient in atom.terms:
+            lhs = lhs.add(outputs[output], float(coefficient))
+        milp.row(lhs, lo=float(atom.bound))
+        sides.append(lhs)
+    return sides
+
+
 # ---- the float network ----
 
 def float_layer(milp: Milp, layer: PairedLayer, pre: tuple[np.ndarray, np.ndarray],

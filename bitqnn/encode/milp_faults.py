@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bitqnn.bounds import NetworkBounds
-from bitqnn.encode.milp import Lin, Milp, qnn_layer
+from bitqnn.encode.milp import Lin, Milp, qnn_layer, violation_rows
 from bitqnn.faults import Candidates, FaultModel
 from bitqnn.qnn import QNN, Reshape
 from bitqnn.query import LinearAtom
@@ -97,11 +97,4 @@ def encode_fault_milp(qnn: QNN, bounds: NetworkBounds, cands: Candidates, fault:
     for index, layer in enumerate(qnn.layers):
         if not isinstance(layer, Reshape):
             _, values = qnn_layer(milp, qnn, bounds, index, values, flips)
-    sides = []
-    for atom in term:
-        lhs = Lin()
-        for output, coefficient in atom.terms:
-            lhs = lhs.add(values[output], float(coefficient))
-        milp.row(lhs, lo=float(atom.bound))
-        sides.append(lhs)
-    return MilpFaultModel(milp, inputs, flips.flags, sides)
+    return MilpFaultModel(milp, inputs, flips.flags, violation_rows(milp, values, term))

@@ -33,7 +33,7 @@ import time
 import numpy as np
 from ortools.linear_solver import pywraplp
 
-from bitqnn.encode.milp import Lin, Milp, UnsupportedEncoding, qnn_layer
+from bitqnn.encode.milp import Lin, Milp, UnsupportedEncoding, qnn_layer, violation_rows
 from bitqnn.engines.error_milp import FEASIBILITY_TOLERANCE, SCIP_NUMERICS, solver_parameters
 from bitqnn.engines.quiet import quiet_native_output
 from bitqnn.engines.stop import StopSignal
@@ -85,23 +85,9 @@ class MilpEngine:
         for index, layer in enumerate(query.network.layers):
             if not isinstance(layer, Reshape):
                 _, values = qnn_layer(milp, query.network, bounds, index, values)
-        sides = []
-        for atom in term.terms[0]:
-            lhs = Lin({}, 0.0)
-            for output, coefficient in atom.terms:
-                lhs = lhs.add(values[output], float(coefficient))
-            milp.row(lhs, lo=float(atom.bound))
-            sides.append(lhs)
-        solver = milp.solver
-        goal = solver.Objective()  # the first atom's slack: it steers SCIP towards violating points
-        for var, coefficient in sides[0].terms.values():
-            goal.SetCoefficient(var, coefficient)
-        goal.SetMaximization()
+        sides = violation_rows(milp, values, term.terms[0])
         left = seconds - (time.perf_counter() - began)  # building the model spent the term's time too
-        solver.SetTimeLimit(max(int(left * 1000), 1))
-        solver.SetSolverSpecificParametersAsString(SCIP_NUMERICS + NO_CUTS + FIRST_SOLUTION)
-        with stop.hook(solver.InterruptSolve), quiet_native_output():
-            status = solver.Solve(solver_parameters())
+        status = search_violating_point(milp, sides, left, stop)
         if status not in SOLVED:
             return status, None
         point = solved_input(inputs, lo, hi)
@@ -113,3 +99,17 @@ def solved_input(inputs: list[Lin], lo: np.ndarray, hi: np.ndarray) -> np.ndarra
     """SCIP's point on the integer input grid (integrality holds only within its tolerance)."""
     values = [round(v.const + sum(var.solution_value() * c for var, c in v.terms.values())) for v in inputs]
     return np.clip(np.array(values, dtype=np.int64), lo, hi)
+
+
+def search_violating_point(milp: Milp, sides: list[Lin], seconds: float, stop: StopSignal) -> int:
+    """SCIP's status on a model whose violation rows are stated: it stops at the first point,
+    maximising the first atom's slack, which steers it towards violating points."""
+    solver = milp.solver
+    goal = solver.Objective()
+    for var, coefficient in sides[0].terms.values():
+        goal.SetCoefficient(var, coefficient)
+    goal.SetMaximization()
+    solver.SetTimeLimit(max(int(seconds * 1000), 1))
+    solver.SetSolverSpecificParametersAsString(SCIP_NUMERICS + NO_CUTS + FIRST_SOLUTION)
+    with stop.hook(solver.InterruptSolve), quiet_native_output():
+        return solver.Solve(solver_parameters())

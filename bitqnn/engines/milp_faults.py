@@ -18,9 +18,7 @@ from ortools.linear_solver import pywraplp
 from bitqnn.bounds import NetworkBounds
 from bitqnn.encode.milp import UnsupportedEncoding, var_of
 from bitqnn.encode.milp_faults import encode_fault_milp
-from bitqnn.engines.error_milp import SCIP_NUMERICS, solver_parameters
-from bitqnn.engines.milp import FIRST_SOLUTION, NO_CUTS, SOLVED, solved_input
-from bitqnn.engines.quiet import quiet_native_output
+from bitqnn.engines.milp import SOLVED, search_violating_point, solved_input
 from bitqnn.engines.stop import StopSignal
 from bitqnn.faults import Candidates, FaultModel, Flip, apply_flips
 from bitqnn.outcome import Verdict
@@ -38,18 +36,10 @@ def milp_group_term(query: Query, fault: FaultModel, part: Candidates, bounds: N
         model = encode_fault_milp(query.network, bounds, part, fault, term)
     except UnsupportedEncoding:  # a step table too large to state: CP-SAT's encoding may still decide
         return Verdict.UNKNOWN, None, ()
-    solver = model.milp.solver
-    goal = solver.Objective()  # the first atom's slack steers SCIP towards violating points
-    for var, coefficient in model.sides[0].terms.values():
-        goal.SetCoefficient(var, coefficient)
-    goal.SetMaximization()
     left = seconds - (time.perf_counter() - began)
     if left <= 0:
         return Verdict.UNKNOWN, None, ()
-    solver.SetTimeLimit(max(int(left * 1000), 1))
-    solver.SetSolverSpecificParametersAsString(SCIP_NUMERICS + NO_CUTS + FIRST_SOLUTION)
-    with stop.hook(solver.InterruptSolve), quiet_native_output():
-        status = solver.Solve(solver_parameters())
+    status = search_violating_point(model.milp, model.sides, left, stop)
     if status == pywraplp.Solver.INFEASIBLE:
         return Verdict.PROVED, None, ()
     if status not in SOLVED:
