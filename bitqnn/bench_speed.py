@@ -9,7 +9,7 @@ the totals compare directly. Configurations, each adding one step to the one bef
 - symbolic: symbolic bounds instead of intervals (fewer unstable neurons to encode);
 - falsify: a gradient attack and the LP-guided attack before CP-SAT;
 - auto: the `auto` engine, whose race adds step cuts, SCIP and the attack's exact
-  neighbourhood search;
+  neighbourhood search and climb;
 - split: `auto` on one piece per open competing class, the pieces in parallel on local
   processes (`bitqnn.parallel`), each with the cores no other piece is waiting for;
 - race: as split, with the attack engine racing `auto` on every piece (not in the default

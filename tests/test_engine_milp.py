@@ -15,7 +15,7 @@ import pytest
 from bitqnn.engines.cpsat import CpSatEngine
 from bitqnn.engines.enumeration import EnumerationEngine
 from bitqnn.engines.milp import MilpEngine
-from bitqnn.engines.portfolio import ThreadRace
+from bitqnn.engines.portfolio import Handoff, ThreadRace
 from bitqnn.engines.registry import make_engine
 from bitqnn.engines.stop import StopSignal
 from bitqnn.outcome import Outcome, Verdict
@@ -124,6 +124,22 @@ def test_race_reraises_an_engine_error_and_stops_the_rest():
     with pytest.raises(RuntimeError, match="replay"):
         ThreadRace("race", [_Quick(error=RuntimeError("replay disagrees")), loser]).solve(query, 30)
     assert loser.stopped_after < 2
+
+
+def test_a_handoff_passes_its_thread_on_once_the_first_engine_is_out_of_turn():
+    _, query = random_dense_case(1)
+    first = _Stubborn()
+    start = time.perf_counter()
+    outcome = Handoff(first, _Quick(), seconds=0.3).solve(query, 30)
+    assert outcome.verdict is Verdict.PROVED and outcome.engine == "quick"
+    assert 0.3 <= first.stopped_after < 1 and time.perf_counter() - start < 2
+
+
+def test_a_handoff_stopped_by_its_race_never_starts_its_second_engine():
+    _, query = random_dense_case(1)
+    first, second = _Stubborn(), _Stubborn()
+    outcome = ThreadRace("race", [Handoff(first, second, seconds=20), _Quick()]).solve(query, 30)
+    assert outcome.verdict is Verdict.PROVED and first.stopped_after < 2 and second.stopped_after is None
 
 
 def test_stop_signal_reaches_a_hook_registered_after_the_stop():

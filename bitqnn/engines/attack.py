@@ -1,7 +1,7 @@
 """Cheap falsification: search for a counterexample before any exact solving.
 
 Exact engines are slowest exactly where a counterexample exists, and a local search
-finds most of those in milliseconds. Three phases, all scored on the exact executor:
+finds most of those in milliseconds. Four phases, all scored on the exact executor:
 
 1. Gradient: sign steps on the straight-through Jacobian (each requantization treated as
    its local slope, clamps as cut-offs), then greedy single-coordinate moves.
@@ -13,6 +13,9 @@ finds most of those in milliseconds. Three phases, all scored on the exact execu
 3. Neighbourhood (only when asked for): SCIP on small boxes around the best point the
    phases before reached (`engines.neighbourhood`), for counterexamples that no walk
    reaches and that the exact engines find only late.
+4. Climb (only when asked for): SCIP maximising the best term's atom over the whole box,
+   with the best point reached so far as its first incumbent (`engines.climb`), for the
+   counterexamples where the neighbourhoods stall.
 
 It can only ever answer FALSIFIED (with a witness checked on the executor) or UNKNOWN.
 """
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bitqnn.encode.lp import relaxation_point
+from bitqnn.engines.climb import climb
 from bitqnn.engines.neighbourhood import atom_value, neighbourhood_search
 from bitqnn.engines.stop import StopSignal
 from bitqnn.outcome import Outcome, Verdict
@@ -68,7 +72,7 @@ def straight_through_jacobian(qnn: QNN, x: np.ndarray) -> np.ndarray:
     return jac
 
 
-PHASES = ("gradient", "lp", "neighbourhood")
+PHASES = ("gradient", "lp", "neighbourhood", "climb")
 EARLY_SHARE = 1 / 3  # the share of the budget a phase may use when another phase comes after it
 
 
@@ -184,7 +188,15 @@ class AttackEngine:
         def gradient_at(x: np.ndarray) -> np.ndarray:
             return atom_gradient(atom, straight_through_jacobian(query.network, x))
 
-        return neighbourhood_search(query, atom, best.point, gradient_at, allowance.left, allowance.stop), 0
+        witness, reached = neighbourhood_search(query, atom, best.point, gradient_at, allowance.left, allowance.stop)
+        best.offer(float(violation_score(best.term, execute(query.network, reached))[0]), reached, best.term)
+        return witness, 0
+
+    def _climb_phase(self, query: Query, rng: np.random.Generator, allowance: _Allowance, best: _Best):
+        """SCIP maximising the best term's atom over the whole box from the best point (`engines.climb`)."""
+        if best.point is None or len(best.term.terms[0]) != 1:
+            return None, 0
+        return climb(query, best.term.terms[0][0], best.point, allowance.left, allowance.stop), 0
 
     def _walk(self, query: Query, term: Violation, x: np.ndarray, rng: np.random.Generator, out_of_time,
               best: _Best, batch: int = 256, patience: int = 40):

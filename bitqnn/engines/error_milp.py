@@ -190,21 +190,26 @@ def run_milp(model: ErrorModel, pair: Pair, seconds: float, extra: str, hint: Hi
 
 
 def full_hint(model: ErrorModel, point: np.ndarray, seconds: float, extra: str = "") -> Hint | None:
-    """Every variable's value at one input, from a solve with the input fixed.
+    """Every variable's value at one input (`hint_at`)."""
+    return hint_at(model.milp.solver, model.fix_rows, point, seconds, SCIP_SETTINGS + extra)
+
+
+def hint_at(solver: pywraplp.Solver, fix_rows: list, point: np.ndarray, seconds: float, settings: str) -> Hint | None:
+    """Every variable's value at one input, from a solve with the input pinned by its
+    `fix_rows` (free rows x_i, one per input; None for a constant input).
 
     A complete hint becomes SCIP's first incumbent, and with an incumbent OR-Tools reports
     the dual bound even at a timeout. (A partial hint goes through a SCIP store that fills
     up over repeated solves of one model and then fails.)"""
-    solver = model.milp.solver
-    # fixed through rows, not bounds: SCIP turns an integer variable created with bounds
+    # pinned through rows, not bounds: SCIP turns an integer variable created with bounds
     # inside [0, 1] into a binary one and then refuses to widen them again
-    fixed = [(row, float(v)) for row, v in zip(model.fix_rows, point, strict=True) if row is not None]
+    fixed = [(row, float(v)) for row, v in zip(fix_rows, point, strict=True) if row is not None]
     for row, value in fixed:
         row.SetBounds(value, value)
     solver.Objective().Clear()
     solver.SetHint([], [])
     solver.SetTimeLimit(max(int(seconds * 1000), 1))
-    solver.SetSolverSpecificParametersAsString(SCIP_SETTINGS + extra)
+    solver.SetSolverSpecificParametersAsString(settings)
     try:
         with quiet_native_output():
             status = solver.Solve(solver_parameters())

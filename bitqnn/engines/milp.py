@@ -39,7 +39,7 @@ from bitqnn.engines.quiet import quiet_native_output
 from bitqnn.engines.stop import StopSignal
 from bitqnn.engines.terms import solve_terms
 from bitqnn.outcome import Outcome, Verdict
-from bitqnn.qnn import Dense, Reshape, execute
+from bitqnn.qnn import QNN, Dense, Reshape, execute
 from bitqnn.query import Query, Violation
 from bitqnn.symbolic import analysis_of
 
@@ -58,9 +58,9 @@ class MilpEngine:
     def solve(self, query: Query, timeout: float, stop: StopSignal | None = None) -> Outcome:
         start = time.perf_counter()
         stop = stop or StopSignal()
-        unsupported = [type(layer).__name__ for layer in query.network.layers if not isinstance(layer, Dense | Reshape)]
+        unsupported = unsupported_layer(query.network)
         if unsupported:
-            return Outcome.unknown(self.name, 0.0, f"the MILP engine encodes dense layers only, not {unsupported[0]}")
+            return Outcome.unknown(self.name, 0.0, f"the MILP engine encodes dense layers only, not {unsupported}")
         analysis = analysis_of(query)
         violation, trivially_violated = analysis.prune(query.violation)
         if trivially_violated:
@@ -78,21 +78,32 @@ class MilpEngine:
     def _solve_term(self, query: Query, bounds, term: Violation, seconds: float, stop: StopSignal):
         """(status, witness or None) for one term: SCIP looks for a point that violates it."""
         began = time.perf_counter()
-        milp = Milp(self.threads)
-        lo, hi = query.region.lo, query.region.hi
-        inputs = [milp.int_var(float(a), float(b), f"x{i}") for i, (a, b) in enumerate(zip(lo, hi, strict=True))]
-        values = inputs
-        for index, layer in enumerate(query.network.layers):
-            if not isinstance(layer, Reshape):
-                _, values = qnn_layer(milp, query.network, bounds, index, values)
-        sides = violation_rows(milp, values, term.terms[0])
+        milp, inputs, outputs = qnn_model(query, bounds, self.threads)
+        sides = violation_rows(milp, outputs, term.terms[0])
         left = seconds - (time.perf_counter() - began)  # building the model spent the term's time too
         status = search_violating_point(milp, sides, left, stop)
         if status not in SOLVED:
             return status, None
-        point = solved_input(inputs, lo, hi)
+        point = solved_input(inputs, query.region.lo, query.region.hi)
         holds = bool(term.holds(execute(query.network, point))[0])
         return status, (point if holds else None)
+
+
+def unsupported_layer(qnn: QNN) -> str | None:
+    """The kind of the first layer `qnn_model` cannot encode, if any."""
+    return next((type(layer).__name__ for layer in qnn.layers if not isinstance(layer, Dense | Reshape)), None)
+
+
+def qnn_model(query: Query, bounds, threads: int) -> tuple[Milp, list[Lin], list[Lin]]:
+    """The QNN exactly on the query's box: (the model, its input variables, its outputs)."""
+    milp = Milp(threads)
+    lo, hi = query.region.lo, query.region.hi
+    inputs = [milp.int_var(float(a), float(b), f"x{i}") for i, (a, b) in enumerate(zip(lo, hi, strict=True))]
+    values = inputs
+    for index, layer in enumerate(query.network.layers):
+        if not isinstance(layer, Reshape):
+            _, values = qnn_layer(milp, query.network, bounds, index, values)
+    return milp, inputs, values
 
 
 def solved_input(inputs: list[Lin], lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

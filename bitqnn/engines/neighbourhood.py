@@ -25,6 +25,7 @@ from bitqnn.query import Box, LinearAtom, Query, Violation
 
 FIRST_FREE = 150  # inputs left free in the first neighbourhood
 GROWTH = 1.5  # how much a neighbourhood grows once SCIP proves it holds no better point
+STEP_SECONDS = 8.0  # a neighbourhood SCIP has not settled by then is a stall, left to the climb
 
 
 def atom_value(atom: LinearAtom, outputs: np.ndarray) -> int:
@@ -32,9 +33,10 @@ def atom_value(atom: LinearAtom, outputs: np.ndarray) -> int:
 
 
 def neighbourhood_search(query: Query, atom: LinearAtom, start: np.ndarray, gradient_at: Callable,
-                         seconds_left: Callable[[], float], stop: StopSignal) -> np.ndarray | None:
-    """A point of `query`'s box where `atom` holds, searched from `start`; None when the
-    time runs out, SCIP gives up, or the neighbourhood has grown to the whole box.
+                         seconds_left: Callable[[], float], stop: StopSignal) -> tuple[np.ndarray | None, np.ndarray]:
+    """(a point of `query`'s box where `atom` holds or None, the best point reached),
+    searched from `start`. No point when the time runs out, a neighbourhood stays open for
+    STEP_SECONDS, or the neighbourhood has grown to the whole box.
 
     `gradient_at(x)` is the atom's straight-through gradient at x (the attack's surrogate)."""
     qnn, lo, hi = query.network, query.region.lo, query.region.hi
@@ -45,17 +47,18 @@ def neighbourhood_search(query: Query, atom: LinearAtom, start: np.ndarray, grad
     while seconds_left() > 0 and not stop.stopped:
         value = atom_value(atom, execute(qnn, x)[0])
         if value >= atom.bound:
-            return x
+            return x, x
         reach = np.abs(gradient_at(x))[movable] * (hi - lo)[movable]
         chosen = movable[np.argsort(-reach, kind="stable")[:free]]
         sub_lo, sub_hi = x.copy(), x.copy()
         sub_lo[chosen], sub_hi[chosen] = lo[chosen], hi[chosen]
         better = Violation(((LinearAtom(atom.terms, value + 1),),))
-        outcome = solver.solve(Query(qnn, Box(sub_lo, sub_hi), better, query.label), seconds_left(), stop=stop)
+        step = min(seconds_left(), STEP_SECONDS)
+        outcome = solver.solve(Query(qnn, Box(sub_lo, sub_hi), better, query.label), step, stop=stop)
         if outcome.verdict is Verdict.FALSIFIED:
             x = outcome.witness
         elif outcome.verdict is Verdict.PROVED and math.ceil(free * GROWTH) < movable.size:
             free = math.ceil(free * GROWTH)  # the whole box is the exact engines' search, not this one's
         else:
-            return None
-    return None
+            return None, x
+    return None, x

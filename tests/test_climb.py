@@ -1,0 +1,91 @@
+"""The hinted climb against enumeration: it returns only real counterexamples, and on tiny
+networks, where SCIP settles the whole box within the time given, it finds one exactly
+when one exists. It is raced inside `auto`, so it must also stop when asked."""
+
+import threading
+import time
+
+import numpy as np
+
+from bitqnn.engines.attack import AttackEngine
+from bitqnn.engines.climb import climb
+from bitqnn.engines.enumeration import EnumerationEngine
+from bitqnn.engines.milp import unsupported_layer
+from bitqnn.engines.stop import StopSignal
+from bitqnn.outcome import Verdict
+from bitqnn.qnn import execute
+from bitqnn.symbolic import analysis_of
+from tests.netgen import random_dense_case
+from tests.test_engine_milp import hard_shipped_query
+
+CASES = 60
+
+
+def climb_every_term(query, stop=None):
+    """The first point any term's climb returns, from the box's centre."""
+    centre = (query.region.lo + query.region.hi) // 2
+    for (atom,) in query.violation.terms:
+        point = climb(query, atom, centre, lambda: 10.0, stop or StopSignal())
+        if point is not None:
+            return atom, point
+    return None, None
+
+
+def test_the_climb_returns_only_counterexamples_and_finds_every_one():
+    truth = EnumerationEngine()
+    falsifiable = found = 0
+    for seed in range(CASES):
+        _, query = random_dense_case(seed)
+        expected = truth.solve(query, 60).verdict
+        atom, point = climb_every_term(query)
+        if point is not None:
+            assert np.all(query.region.lo <= point) and np.all(point <= query.region.hi), seed
+            assert atom.holds(execute(query.network, point))[0], seed
+            found += 1
+        if unsupported_layer(query.network):
+            assert point is None, seed  # a lookup table has no MILP encoding here
+            continue
+        falsifiable += expected is Verdict.FALSIFIED
+        # unlike the neighbourhood search, nothing is fixed: a tiny box is searched whole
+        assert (point is not None) == (expected is Verdict.FALSIFIED), seed
+    assert falsifiable >= 20 and found == falsifiable
+
+
+def test_a_stopped_climb_returns_nothing():
+    stop = StopSignal()
+    stop.stop()
+    attack = AttackEngine(budget=30.0, phases=("lp", "climb"))
+    for seed in range(CASES):
+        _, query = random_dense_case(seed)
+        assert climb_every_term(query, stop) == (None, None), seed
+        outcome = attack.solve(query, 30, stop=stop)
+        assert outcome.verdict is Verdict.UNKNOWN and outcome.reason == "stopped", seed
+
+
+def test_the_attack_falls_back_on_the_climb_and_its_witnesses_replay():
+    """Where the gradient phase ends short of a violation, the climb starts from its best
+    point. (One gradient start, so that the gradient leaves some counterexamples over.)"""
+    truth, attack = EnumerationEngine(), AttackEngine(budget=2.0, restarts=1, phases=("gradient", "climb"))
+    by_climb = 0
+    for seed in range(3 * CASES):
+        _, query = random_dense_case(seed)
+        outcome = attack.solve(query, 10)
+        if outcome.verdict is Verdict.FALSIFIED:
+            assert query.violation.holds(execute(query.network, outcome.witness))[0], seed
+            assert truth.solve(query, 60).verdict is Verdict.FALSIFIED, seed
+            by_climb += outcome.stats["phase"] == "climb"
+    assert by_climb >= 1
+
+
+def test_a_climb_stops_mid_search_when_asked():
+    """A raced climb must let go of its core as soon as a rival answers."""
+    query, stop = hard_shipped_query(), StopSignal()
+    analysis = analysis_of(query)
+    violation, _ = analysis.prune(query.violation)
+    (atom,) = violation.terms[0]
+    centre = (query.region.lo + query.region.hi) // 2
+    threading.Timer(1.0, stop.stop).start()
+    start = time.perf_counter()
+    point = climb(query, atom, centre, lambda: 30.0 - (time.perf_counter() - start), stop)
+    assert time.perf_counter() - start < 4
+    assert point is None or atom.holds(execute(query.network, point))[0]
