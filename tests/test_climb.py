@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 
-from bitqnn.engines.attack import AttackEngine
 from bitqnn.engines.climb import climb
 from bitqnn.engines.enumeration import EnumerationEngine
 from bitqnn.engines.milp import unsupported_layer
@@ -49,32 +48,6 @@ def test_the_climb_returns_only_counterexamples_and_finds_every_one():
         # unlike the neighbourhood search, nothing is fixed: a tiny box is searched whole
         assert (point is not None) == (expected is Verdict.FALSIFIED), seed
     assert falsifiable >= 20 and found == falsifiable
-
-
-def test_a_stopped_climb_returns_nothing():
-    stop = StopSignal()
-    stop.stop()
-    attack = AttackEngine(budget=30.0, phases=("lp", "climb"))
-    for seed in range(CASES):
-        _, query = random_dense_case(seed)
-        assert climb_every_term(query, stop) == (None, None), seed
-        outcome = attack.solve(query, 30, stop=stop)
-        assert outcome.verdict is Verdict.UNKNOWN and outcome.reason == "stopped", seed
-
-
-def test_the_attack_falls_back_on_the_climb_and_its_witnesses_replay():
-    """Where the gradient phase ends short of a violation, the climb starts from its best
-    point. (One gradient start, so that the gradient leaves some counterexamples over.)"""
-    truth, attack = EnumerationEngine(), AttackEngine(budget=2.0, restarts=1, phases=("gradient", "climb"))
-    by_climb = 0
-    for seed in range(3 * CASES):
-        _, query = random_dense_case(seed)
-        outcome = attack.solve(query, 10)
-        if outcome.verdict is Verdict.FALSIFIED:
-            assert query.violation.holds(execute(query.network, outcome.witness))[0], seed
-            assert truth.solve(query, 60).verdict is Verdict.FALSIFIED, seed
-            by_climb += outcome.stats["phase"] == "climb"
-    assert by_climb >= 1
 
 
 def test_a_climb_stops_mid_search_when_asked():

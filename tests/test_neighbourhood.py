@@ -6,7 +6,7 @@ still finds more than half of them (it stops short of the whole box). It is race
 import numpy as np
 
 from bitqnn.engines import neighbourhood
-from bitqnn.engines.attack import AttackEngine, straight_through_jacobian
+from bitqnn.engines.attack import straight_through_jacobian
 from bitqnn.engines.enumeration import EnumerationEngine
 from bitqnn.engines.neighbourhood import neighbourhood_search
 from bitqnn.engines.stop import StopSignal
@@ -53,27 +53,3 @@ def test_the_search_returns_only_counterexamples_and_finds_many(monkeypatch):
     assert falsifiable >= 20 and found >= 0.5 * falsifiable  # 31 of 49 when written
 
 
-def test_a_stopped_search_returns_nothing():
-    stop = StopSignal()
-    stop.stop()
-    attack = AttackEngine(budget=30.0, phases=("lp", "neighbourhood"))
-    for seed in range(CASES):
-        _, query = random_dense_case(seed)
-        assert search_every_term(query, stop) == (None, None), seed
-        outcome = attack.solve(query, 30, stop=stop)
-        assert outcome.verdict is Verdict.UNKNOWN and outcome.reason == "stopped", seed
-
-
-def test_the_attack_falls_back_on_the_search_and_its_witnesses_replay():
-    """Where the gradient phase ends short of a violation, the neighbourhood phase starts
-    from its best point."""
-    truth, attack = EnumerationEngine(), AttackEngine(budget=2.0, phases=("gradient", "neighbourhood"))
-    by_search = 0
-    for seed in range(CASES):
-        _, query = random_dense_case(seed)
-        outcome = attack.solve(query, 10)
-        if outcome.verdict is Verdict.FALSIFIED:
-            assert query.violation.holds(execute(query.network, outcome.witness))[0], seed
-            assert truth.solve(query, 60).verdict is Verdict.FALSIFIED, seed
-            by_search += outcome.stats["phase"] == "neighbourhood"
-    assert by_search >= 1
