@@ -97,3 +97,19 @@ def random_dense_case(seed: int) -> tuple[str, Query]:
     rng = np.random.default_rng(seed)
     kind = REQUANT_KINDS[seed % len(REQUANT_KINDS)]
     return kind, random_query(rng, random_dense_qnn(rng, kind), radius=int(rng.integers(1, 4)))
+
+
+def searched_cases(search, cases: int):
+    """Per random dense case: (seed, query, enumeration's verdict, the point `search(query)`
+    returned or None), after checking that every point returned lies in the box and
+    violates the atom it was searched for."""
+    from bitqnn.engines.enumeration import EnumerationEngine
+
+    truth = EnumerationEngine()
+    for seed in range(cases):
+        _, query = random_dense_case(seed)
+        atom, point = search(query)
+        if point is not None:
+            assert np.all(query.region.lo <= point) and np.all(point <= query.region.hi), seed
+            assert atom.holds(execute(query.network, point))[0], seed
+        yield seed, query, truth.solve(query, 60).verdict, point
