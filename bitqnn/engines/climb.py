@@ -47,8 +47,9 @@ def climb(query: Query, atom: LinearAtom, start: np.ndarray, seconds_left: Calla
     fix_rows = [None if x.is_constant() else milp.row(x) for x in inputs]
     if side.is_constant():  # the bounds fix the atom's outputs: it holds everywhere or nowhere
         return start if atom.holds(execute(query.network, start))[0] else None
-    hint = hint_at(solver, fix_rows, start, min(HINT_SECONDS, seconds_left()), SCIP_NUMERICS + NO_CUTS)
-    if hint is None or seconds_left() <= 0:
+    with stop.hook(solver.InterruptSolve):  # a stopped race must not wait for this solve either
+        hint = hint_at(solver, fix_rows, start, min(HINT_SECONDS, seconds_left()), SCIP_NUMERICS + NO_CUTS)
+    if hint is None or seconds_left() <= 0 or stop.stopped:
         return None
     goal = solver.Objective()
     for var, coefficient in side.terms.values():
