@@ -26,7 +26,7 @@ def search_every_term(query, stop=None):
     """The first point any term's search returns, from the box's centre."""
     centre = (query.region.lo + query.region.hi) // 2
     for (atom,) in query.violation.terms:
-        point, _ = neighbourhood_search(query, atom, centre, gradient_of(query, atom), lambda: 10.0,
+        point = neighbourhood_search(query, atom, centre, gradient_of(query, atom), lambda: 10.0,
                                      stop or StopSignal())
         if point is not None:
             return atom, point

@@ -188,9 +188,7 @@ class AttackEngine:
         def gradient_at(x: np.ndarray) -> np.ndarray:
             return atom_gradient(atom, straight_through_jacobian(query.network, x))
 
-        witness, reached = neighbourhood_search(query, atom, best.point, gradient_at, allowance.left, allowance.stop)
-        best.offer(float(violation_score(best.term, execute(query.network, reached))[0]), reached, best.term)
-        return witness, 0
+        return neighbourhood_search(query, atom, best.point, gradient_at, allowance.left, allowance.stop), 0
 
     def _climb_phase(self, query: Query, rng: np.random.Generator, allowance: _Allowance, best: _Best):
         """SCIP maximising the best term's atom over the whole box from the best point (`engines.climb`)."""

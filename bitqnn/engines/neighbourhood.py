@@ -25,7 +25,7 @@ from bitqnn.query import Box, LinearAtom, Query, Violation
 
 FIRST_FREE = 150  # inputs left free in the first neighbourhood
 GROWTH = 1.5  # how much a neighbourhood grows once SCIP proves it holds no better point
-STEP_SECONDS = 8.0  # a neighbourhood SCIP has not settled by then is a stall, left to the climb
+STEP_SECONDS = 8.0  # a neighbourhood SCIP has not settled by then is a stall (core image 20 at radius 3)
 
 
 def atom_value(atom: LinearAtom, outputs: np.ndarray) -> int:
@@ -33,10 +33,10 @@ def atom_value(atom: LinearAtom, outputs: np.ndarray) -> int:
 
 
 def neighbourhood_search(query: Query, atom: LinearAtom, start: np.ndarray, gradient_at: Callable,
-                         seconds_left: Callable[[], float], stop: StopSignal) -> tuple[np.ndarray | None, np.ndarray]:
-    """(a point of `query`'s box where `atom` holds or None, the best point reached),
-    searched from `start`. No point when the time runs out, a neighbourhood stays open for
-    STEP_SECONDS, or the neighbourhood has grown to the whole box.
+                         seconds_left: Callable[[], float], stop: StopSignal) -> np.ndarray | None:
+    """A point of `query`'s box where `atom` holds, searched from `start`; None when the
+    time runs out, a neighbourhood stays open for STEP_SECONDS, or the neighbourhood has
+    grown to the whole box.
 
     `gradient_at(x)` is the atom's straight-through gradient at x (the attack's surrogate)."""
     qnn, lo, hi = query.network, query.region.lo, query.region.hi
@@ -47,7 +47,7 @@ def neighbourhood_search(query: Query, atom: LinearAtom, start: np.ndarray, grad
     while seconds_left() > 0 and not stop.stopped:
         value = atom_value(atom, execute(qnn, x)[0])
         if value >= atom.bound:
-            return x, x
+            return x
         reach = np.abs(gradient_at(x))[movable] * (hi - lo)[movable]
         chosen = movable[np.argsort(-reach, kind="stable")[:free]]
         sub_lo, sub_hi = x.copy(), x.copy()
@@ -60,5 +60,5 @@ def neighbourhood_search(query: Query, atom: LinearAtom, start: np.ndarray, grad
         elif outcome.verdict is Verdict.PROVED and math.ceil(free * GROWTH) < movable.size:
             free = math.ceil(free * GROWTH)  # the whole box is the exact engines' search, not this one's
         else:
-            return None, x
-    return None, x
+            return None
+    return None
