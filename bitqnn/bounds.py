@@ -81,11 +81,24 @@ def interval_product(matrix: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tupl
     return positive @ lo + negative @ hi, positive @ hi + negative @ lo
 
 
-def _linear(qnn: QNN, index: int, lo: np.ndarray, hi: np.ndarray) -> LayerBounds:
+@dataclass(frozen=True)
+class AccumulatorShift:
+    """Any amount in [lo[n], hi[n]] added to neuron n's accumulator in layer `layer`, each
+    neuron's independently: how one analysis covers every fault of a layer's parameters
+    at once (`fault_perturb`). int64 arrays over the layer's neurons."""
+
+    layer: int
+    lo: np.ndarray
+    hi: np.ndarray
+
+
+def _linear(qnn: QNN, index: int, lo: np.ndarray, hi: np.ndarray, shift: AccumulatorShift | None = None) -> LayerBounds:
     layer = qnn.layers[index]
     form = qnn.linear_form(index)
     acc_lo, acc_hi = interval_product(form.matrix, lo, hi)
     acc_lo, acc_hi = acc_lo + form.offset, acc_hi + form.offset
+    if shift is not None and shift.layer == index:
+        acc_lo, acc_hi = acc_lo + shift.lo, acc_hi + shift.hi
     may_overflow = None
     if qnn.accumulator_bits < 63:
         limit = np.int64(1) << (qnn.accumulator_bits - 1)
@@ -121,13 +134,13 @@ def _lookup(qnn: QNN, index: int, lo: np.ndarray, hi: np.ndarray) -> LayerBounds
     return LayerBounds(out_lo, out_hi)
 
 
-def interval_bounds(qnn: QNN, box: Box) -> NetworkBounds:
+def interval_bounds(qnn: QNN, box: Box, shift: AccumulatorShift | None = None) -> NetworkBounds:
     lo = box.lo.astype(np.int64)
     hi = box.hi.astype(np.int64)
     layers = []
     for index, layer in enumerate(qnn.layers):
         if isinstance(layer, Dense | Conv2d):
-            bounds = _linear(qnn, index, lo, hi)
+            bounds = _linear(qnn, index, lo, hi, shift)
         elif isinstance(layer, MaxPool2d):
             bounds = _maxpool(qnn, index, lo, hi)
         elif isinstance(layer, Reshape):

@@ -33,7 +33,7 @@ from bitqnn.fault_perturb import harmless_rows, tighten_one_neuron
 from bitqnn.fault_tolerance import DifferenceCheck, stage_difference, tolerances
 from bitqnn.faults import Candidates, FaultModel, apply_flips, patterns
 from bitqnn.qnn import QNN, Dense
-from bitqnn.query import Box, Query, Violation
+from bitqnn.query import Query, Violation
 from bitqnn.symbolic import SymbolicAnalysis, analysis_of
 
 
@@ -143,10 +143,11 @@ def fault_bounds(qnn: QNN, clean: NetworkBounds, cands: Candidates, k: int) -> t
     return NetworkBounds(clean.input_lo, clean.input_hi, tuple(layers)), invariant
 
 
-def group_bounds(qnn: QNN, region: Box, clean: NetworkBounds, cands: Candidates, k: int) -> NetworkBounds:
+def group_bounds(analysis: SymbolicAnalysis, cands: Candidates, k: int) -> NetworkBounds:
     """`fault_bounds` for a group of flips that the exact stage encodes, narrowed by the
-    augmented symbolic analysis (`fault_perturb.tighten_one_neuron`) when the whole group
+    shifted symbolic analysis (`fault_perturb.tighten_one_neuron`) when the whole group
     sits on one neuron, as it does under scope "one" or k = 1."""
+    qnn, clean = analysis.network, analysis.bounds
     bounds, _ = fault_bounds(qnn, clean, cands, k)
     layers, neurons = np.unique(cands.layer), np.unique(cands.neuron)
     if layers.size != 1 or neurons.size != 1:
@@ -154,7 +155,7 @@ def group_bounds(qnn: QNN, region: Box, clean: NetworkBounds, cands: Candidates,
     low, high = row_perturbation(qnn, cands, clean)
     one_group = np.zeros(len(cands), dtype=np.int64)
     down, up = _top_k_sums(one_group, -low, k, 1)[0], _top_k_sums(one_group, high, k, 1)[0]
-    return tighten_one_neuron(qnn, region, clean, bounds, int(layers[0]), int(neurons[0]), -int(down), int(up))
+    return tighten_one_neuron(analysis, bounds, int(layers[0]), int(neurons[0]), -int(down), int(up))
 
 
 def within_width(qnn: QNN, acc_lo: np.ndarray, acc_hi: np.ndarray) -> np.ndarray:
@@ -176,13 +177,14 @@ def prune(query: Query, analysis: SymbolicAnalysis, cands: Candidates, model: Fa
     if (model.scope == "one" or model.k == 1) and np.any(keep):
         keep, by_tolerance = _tolerance_pass(qnn, analysis, violation, cands, model.k, keep)
         if symbolic:
-            keep, by_symbolic = _symbolic_pass(query, clean, cands, model.k, keep, deadline)
+            keep, by_symbolic = _symbolic_pass(query, analysis, cands, model.k, keep, deadline)
     return Pruning(cands.subset(keep), clean, len(cands), cands.parameters, int(invariant.sum()), by_tolerance,
                    by_symbolic)
 
 
-def _symbolic_pass(query: Query, clean: NetworkBounds, cands: Candidates, k: int,
+def _symbolic_pass(query: Query, analysis: SymbolicAnalysis, cands: Candidates, k: int,
                    keep: np.ndarray, deadline: float) -> tuple[np.ndarray, int]:
+    clean = analysis.bounds
     keep = keep.copy()
     pruned = 0
     for index in np.unique(cands.layer[keep]):
@@ -195,9 +197,8 @@ def _symbolic_pass(query: Query, clean: NetworkBounds, cands: Candidates, k: int
         chosen = np.flatnonzero(inside)
         harmless = np.zeros(len(part), dtype=bool)
         if chosen.size:  # with k > 1 a retry on low bits alone would miss flip sets mixing in a high bit
-            harmless[chosen] = harmless_rows(query.network, query.region, clean, query.violation,
-                                             part.subset(chosen), low[chosen], high[chosen], low_bit_retry=k == 1,
-                                             deadline=deadline)
+            harmless[chosen] = harmless_rows(analysis, query.violation, part.subset(chosen), low[chosen],
+                                             high[chosen], low_bit_retry=k == 1, deadline=deadline)
         keep[rows[harmless]] = False
         pruned += int(harmless.sum())
     return keep, pruned

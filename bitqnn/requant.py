@@ -8,7 +8,7 @@ so the encoders never re-derive a rounding rule by hand.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
@@ -170,6 +170,7 @@ class OutputStage:
     zero: int = 0
     lo: int | None = None
     hi: int | None = None
+    _tables: dict[int, StepTable] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __call__(self, acc: np.ndarray, channels: np.ndarray) -> np.ndarray:
         acc = np.asarray(acc, dtype=np.int64)
@@ -191,7 +192,21 @@ class OutputStage:
 
         Piece i covers accumulators from starts[i] up to starts[i+1] - 1 (the last one to
         acc_hi) and maps them all to values[i]. Found by bisection on __call__ itself.
-        """
+
+        A stage clamped on both sides has at most hi - lo + 1 pieces, so its staircase is
+        kept per channel and sliced: the symbolic analysis asks for every neuron's steps on
+        every run, and on the 3x512 MNIST model's bit-flip pruning (hundreds of analyses)
+        the bisections were 72% of the time."""
+        if self.lo is None or self.hi is None:
+            return self._bisect_steps(channel, acc_lo, acc_hi)
+        table = self._tables.get(channel)
+        if table is None or acc_lo < table.lo or acc_hi > table.hi:
+            lo, hi = (acc_lo, acc_hi) if table is None else (min(acc_lo, table.lo), max(acc_hi, table.hi))
+            table = StepTable(lo, hi, *self._bisect_steps(channel, lo, hi))
+            self._tables[channel] = table
+        return table.within(acc_lo, acc_hi)
+
+    def _bisect_steps(self, channel: int, acc_lo: int, acc_hi: int) -> tuple[np.ndarray, np.ndarray]:
         ch = np.array(channel)
         y_lo = int(self(np.array(acc_lo), ch))
         y_hi = int(self(np.array(acc_hi), ch))
@@ -209,6 +224,24 @@ class OutputStage:
         starts = starts[keep]
         values = self(starts, np.broadcast_to(ch, starts.shape))
         return starts, values
+
+
+@dataclass(frozen=True)
+class StepTable:
+    """A stage's staircase on [lo, hi]; its restriction to a sub-range is a slice, since
+    the pieces of a monotone step function on a sub-range are its pieces cut there."""
+
+    lo: int
+    hi: int
+    starts: np.ndarray
+    values: np.ndarray
+
+    def within(self, acc_lo: int, acc_hi: int) -> tuple[np.ndarray, np.ndarray]:
+        first = int(np.searchsorted(self.starts, acc_lo, side="right")) - 1
+        last = int(np.searchsorted(self.starts, acc_hi, side="right"))
+        starts = self.starts[first:last].copy()
+        starts[0] = acc_lo
+        return starts, self.values[first:last].copy()
 
 
 def round_real(values: np.ndarray, rounding: Rounding) -> np.ndarray:

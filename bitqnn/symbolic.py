@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bitqnn.bounds import LayerBounds, NetworkBounds, interval_bounds, prune_violation
+from bitqnn.bounds import AccumulatorShift, LayerBounds, NetworkBounds, interval_bounds, prune_violation
 from bitqnn.hull import stage_hull
 from bitqnn.line_choice import HullLines, chosen_line_bounds, hull_lines
 from bitqnn.qnn import QNN, Conv2d, Dense, Reshape
@@ -41,20 +41,20 @@ class Relaxation:
 
 
 def _best_line(starts: np.ndarray, ends: np.ndarray, values: np.ndarray, slopes: list[float], upper: bool):
-    """Among candidate slopes, the sound line with the least area between it and the steps."""
+    """Among candidate slopes, the sound line with the least area between it and the steps.
+    All candidates at once: this runs for every neuron of every analysis."""
     lengths = (ends - starts + 1).astype(np.float64)
-    sums = (starts + ends).astype(np.float64) * lengths / 2.0  # sum of acc over each piece
-    best = None
-    for k in slopes:
-        if upper:
-            offset = float(np.max(values - k * starts))
-            area = float(np.sum(k * sums + (offset - values) * lengths))
-        else:
-            offset = float(np.min(values - k * ends))
-            area = float(np.sum((values - offset) * lengths - k * sums))
-        if best is None or area < best[2]:
-            best = (k, offset, area)
-    k, offset, _ = best
+    sums = float(np.sum((starts + ends).astype(np.float64) * lengths / 2.0))  # sum of acc over all pieces
+    ks = np.asarray(slopes, dtype=np.float64)
+    width, mass = float(np.sum(lengths)), float(np.sum(values * lengths))
+    if upper:
+        offsets = np.max(values[None, :] - ks[:, None] * starts[None, :], axis=1)
+        areas = ks * sums + offsets * width - mass
+    else:
+        offsets = np.min(values[None, :] - ks[:, None] * ends[None, :], axis=1)
+        areas = mass - offsets * width - ks * sums
+    best = int(np.argmin(areas))
+    k, offset = float(ks[best]), float(offsets[best])
     pad = RELATIVE_MARGIN * (1.0 + abs(offset) + abs(k) * float(max(abs(starts[0]), abs(ends[-1]))))
     return k, offset + pad if upper else offset - pad
 
@@ -88,15 +88,24 @@ def _relax_layer(qnn: QNN, index: int, acc_lo: np.ndarray, acc_hi: np.ndarray) -
 
 
 class _Tightener:
-    def __init__(self, qnn: QNN, box: Box, choose_lines: bool = False) -> None:
+    def __init__(self, qnn: QNN, box: Box, choose_lines: bool = False, shift: AccumulatorShift | None = None,
+                 prefix: _Tightener | None = None) -> None:
+        """`prefix`: an analysis of the same network and box, unshifted, whose layers before
+        the shifted one are taken as they are (a shift changes nothing before its layer)."""
+        if shift is not None and choose_lines:
+            raise ValueError("chosen lines do not model an accumulator shift")
         self.qnn = qnn
-        self.loose = interval_bounds(qnn, box)
+        self.shift = shift
+        self.loose = interval_bounds(qnn, box, shift)
         self.relaxations: dict[int, Relaxation] = {}
         self.choose_lines = choose_lines  # each bound picks its own hull edges (line_choice)
         self.hull: dict[int, HullLines] = {}
         self.layers: list[LayerBounds] = []
         self.input_lo = box.lo.astype(np.float64)
         self.input_hi = box.hi.astype(np.float64)
+        if prefix is not None and shift is not None:
+            self.layers = list(prefix.layers[:shift.layer])
+            self.relaxations = {i: r for i, r in prefix.relaxations.items() if i < shift.layer}
 
     def concrete_before(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if index == 0:
@@ -106,7 +115,13 @@ class _Tightener:
     def accumulator_bounds(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Bounds on layer `index`'s accumulators."""
         form = self.qnn.linear_form(index)
-        return self.backsubstitute(form.matrix.astype(np.float64), form.offset.astype(np.float64), index - 1)
+        low, high = self.backsubstitute(form.matrix.astype(np.float64), form.offset.astype(np.float64), index - 1)
+        if self._shifted(index):
+            low, high = low + self.shift.lo, high + self.shift.hi
+        return low, high
+
+    def _shifted(self, index: int) -> bool:
+        return self.shift is not None and self.shift.layer == index
 
     def walk_back(self, coeffs: np.ndarray, const: np.ndarray, last: int):
         """Linear upper and lower functions of coeffs @ (outputs of layer `last`) + const in
@@ -147,11 +162,15 @@ class _Tightener:
         else:
             slope = positive * rel.lower_slope + negative * rel.upper_slope
             const = const + positive @ rel.lower_offset + negative @ rel.upper_offset
+        if self._shifted(index):  # the shift enters this layer's accumulators only, so this is exact
+            up, down = (self.shift.hi, self.shift.lo) if upper_side else (self.shift.lo, self.shift.hi)
+            const = const + np.maximum(slope, 0) @ up + np.minimum(slope, 0) @ down
         form = self.qnn.linear_form(index)
         return slope @ form.matrix, const + slope @ form.offset
 
     def run(self) -> NetworkBounds:
-        for index, layer in enumerate(self.qnn.layers):
+        for index in range(len(self.layers), len(self.qnn.layers)):
+            layer = self.qnn.layers[index]
             loose = self.loose.layers[index]
             if not isinstance(layer, Dense | Conv2d) or (loose.may_overflow is not None and loose.may_overflow.any()):
                 self.layers.append(self._recompute_nonlinear(index, loose))
@@ -182,7 +201,8 @@ class _Tightener:
         if index == 0:
             return loose
         lo, hi = self.layers[index - 1].lo, self.layers[index - 1].hi
-        partial = interval_bounds(_suffix(self.qnn, index), Box(lo, hi))
+        shift = AccumulatorShift(0, self.shift.lo, self.shift.hi) if self._shifted(index) else None
+        partial = interval_bounds(_suffix(self.qnn, index), Box(lo, hi), shift)
         return partial.layers[0]
 
 
@@ -201,9 +221,20 @@ class SymbolicAnalysis:
     back-substitutions.
     """
 
-    def __init__(self, qnn: QNN, box: Box, choose_lines: bool = False) -> None:
-        self._tightener = _Tightener(qnn, box, choose_lines)
+    def __init__(self, qnn: QNN, box: Box, choose_lines: bool = False, shift: AccumulatorShift | None = None,
+                 prefix: SymbolicAnalysis | None = None) -> None:
+        self._tightener = _Tightener(qnn, box, choose_lines, shift, prefix._tightener if prefix else None)
         self.bounds = self._tightener.run()
+
+    @property
+    def network(self) -> QNN:
+        return self._tightener.qnn
+
+    def shifted(self, shift: AccumulatorShift) -> SymbolicAnalysis:
+        """The same network and box with `shift` added to one layer's accumulators; the
+        layers before it are this analysis's, so a shifted analysis costs only the rest."""
+        return SymbolicAnalysis(self.network, Box(self.bounds.input_lo, self.bounds.input_hi),
+                                shift=shift, prefix=self)
 
     def prune(self, violation: Violation) -> tuple[Violation, bool]:
         """`prune_violation` with each atom bounded by back-substitution, not by output intervals."""

@@ -258,7 +258,7 @@ def test_pruning_stops_at_the_deadline():
     cands = candidates(qnn, FaultModel(1, (ParamSelection(0, "weights", ((0, 0),)),)))
     x = np.zeros(qnn.input_size, dtype=np.int64) + qnn.input_lo
     query = point_query(qnn, x, int(np.argmax(execute(qnn, x)[0])))
-    clean = SymbolicAnalysis(qnn, query.region).bounds
+    analysis = SymbolicAnalysis(qnn, query.region)
     moves = np.abs(cands.delta)
     with pytest.raises(PruningTimeout):
-        harmless_rows(qnn, query.region, clean, query.violation, cands, -moves, moves, True, deadline=0.0)
+        harmless_rows(analysis, query.violation, cands, -moves, moves, True, deadline=0.0)

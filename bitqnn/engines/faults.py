@@ -108,6 +108,7 @@ class FaultEngine:
             return FaultOutcome(Verdict.UNKNOWN, self.name, time.perf_counter() - start, blocker, stats=stats)
         region = query.region
         at_point = self.shortcuts and fq.model.scope == "one" and np.array_equal(region.lo, region.hi)
+        pruning_began = time.perf_counter()
         try:  # at a point the search below is complete and cheaper than the symbolic pass
             pruning = prune(query, analysis_of(query), cands, fq.model, deadline=start + timeout,
                             symbolic=not at_point)
@@ -117,7 +118,8 @@ class FaultEngine:
         stats.update(candidate_flips=pruning.rows, parameters=pruning.parameters,
                      pruned_invariant=pruning.pruned_invariant, pruned_tolerance=pruning.pruned_tolerance,
                      pruned_symbolic=pruning.pruned_symbolic,
-                     remaining_flips=len(pruning.remaining), remaining_parameters=pruning.remaining.parameters)
+                     remaining_flips=len(pruning.remaining), remaining_parameters=pruning.remaining.parameters,
+                     pruning_seconds=round(time.perf_counter() - pruning_began, 1))
         if len(pruning.remaining) == 0:
             return FaultOutcome(Verdict.PROVED, f"{self.name}:pruning", time.perf_counter() - start, stats=stats)
         if at_point:
@@ -201,7 +203,7 @@ class FaultEngine:
         stats["exact_groups"] = len(groups)
         for number, rows in enumerate(groups):
             part = cands.subset(rows)
-            bounds = group_bounds(query.network, query.region, pruning.clean, part, model.k)
+            bounds = group_bounds(analysis_of(query), part, model.k)
             overflow = [i for i, b in enumerate(bounds.layers) if b.may_overflow is not None
                         and bool(np.any(b.may_overflow))]
             if overflow:
