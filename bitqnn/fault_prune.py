@@ -8,7 +8,7 @@ Three tests, cheapest first, each sound for the fault model it is applied under:
   neuron's accumulator may move with the property intact, by interval differences
   (`fault_tolerance`); a parameter whose flipped values, split at the sign change, stay
   inside it is harmless.
-* Augmented symbolic analysis (same condition) for what is left (`fault_perturb`).
+* The shifted symbolic analysis (same condition) for what is left (`fault_perturb`).
 
 A fourth test, `screen`, is the fault engine's to call when few flip sets are left:
 symbolic bounds of each faulty network on its own. It costs one analysis per set, but it
@@ -169,7 +169,7 @@ def prune(query: Query, analysis: SymbolicAnalysis, cands: Candidates, model: Fa
           deadline: float = math.inf, symbolic: bool = True) -> Pruning:
     """Drop the candidate rows that provably cannot break the property: invariant neurons
     first (cheapest), then, where a fault touches one parameter, the interval tolerance
-    and last (unless `symbolic` is off) the augmented symbolic analysis for what is left."""
+    and last (unless `symbolic` is off) the shifted symbolic analysis for what is left."""
     qnn, violation, clean = query.network, query.violation, analysis.bounds
     _, invariant = fault_bounds(qnn, clean, cands, model.k)
     keep = ~invariant

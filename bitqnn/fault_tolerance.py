@@ -4,7 +4,7 @@ The moved neuron's output difference is pushed through the rest of the network a
 intervals added to the clean network's bounds (difference propagation), and the property
 is checked on the outputs' clean symbolic ranges plus those differences. Scenarios are
 batched over the neurons of a layer, and a vectorised bisection finds each neuron's
-tolerance upward and downward. Cheap and loose across wide layers, where the augmented
+tolerance upward and downward. Cheap and loose across wide layers, where the shifted
 analysis of `fault_perturb` takes over.
 """
 
