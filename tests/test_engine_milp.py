@@ -12,16 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import bitqnn.engines.milp as milp_engine
+from bitqnn.encode.milp import STEP_PRIORITY
 from bitqnn.engines.cpsat import CpSatEngine
 from bitqnn.engines.enumeration import EnumerationEngine
-from bitqnn.engines.milp import MilpEngine
+from bitqnn.engines.milp import MilpEngine, qnn_model
 from bitqnn.engines.portfolio import Handoff, ThreadRace
 from bitqnn.engines.registry import make_engine
 from bitqnn.engines.stop import StopSignal
 from bitqnn.outcome import Outcome, Verdict
 from bitqnn.qnn import Lookup, execute
+from bitqnn.symbolic import analysis_of
 from bitqnn.verify import verify
-from tests.netgen import REQUANT_KINDS, random_conv_qnn, random_dense_case, random_query
+from tests.netgen import REQUANT_KINDS, random_conv_qnn, random_dense_case, random_dense_qnn, random_query
 
 CASES = 180
 
@@ -199,3 +202,30 @@ def test_building_the_model_spends_the_time_limit_too(engine, builder, monkeypat
     start = time.perf_counter()
     outcome = engine.solve(hard_shipped_query(), 2.0)
     assert outcome.verdict is Verdict.UNKNOWN and time.perf_counter() - start < 2.0 + 0.5, outcome
+
+
+@pytest.mark.parametrize("steps_first", [True, False])
+def test_scip_branches_on_the_rounded_quotients_first_only_when_asked(steps_first):
+    rng = np.random.default_rng(5)
+    query = random_query(rng, random_dense_qnn(rng, "half_up", sizes=(6, 8, 4)), radius=3)
+    milp, _, _ = qnn_model(query, analysis_of(query).bounds, 1, steps_first=steps_first)
+    priorities = {var.name(): var.branching_priority() for var in milp.solver.variables()}
+    quotients = [name for name in priorities if name.startswith("q")]
+    assert quotients  # the random box leaves some neuron between two steps
+    assert all(priorities[name] == (STEP_PRIORITY if steps_first else 0) for name in quotients)
+    assert all(p == 0 for name, p in priorities.items() if not name.startswith("q"))
+
+
+def test_the_robustness_engine_asks_for_the_quotients_first(monkeypatch):
+    asked = []
+    build = milp_engine.qnn_model
+
+    def spy(query, bounds, threads, steps_first=False):
+        asked.append(steps_first)
+        return build(query, bounds, threads, steps_first)
+
+    monkeypatch.setattr(milp_engine, "qnn_model", spy)
+    for seed in range(40):
+        _, query = random_dense_case(seed)
+        MilpEngine().solve(query, 10)
+    assert asked and all(asked)

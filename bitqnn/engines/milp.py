@@ -14,6 +14,10 @@ of the 6 wide-model queries left open at 60 s were decided (1 with the defaults)
 whole benchmarks it is a net gain, not a pure one: core 97 to 99 of 100 decided, wide 131
 to 135 of 150, but a few wide queries got slower (README, Benchmark section).
 
+SCIP branches on the rounded quotients of the requantization before anything else
+(`encode.milp.Milp.steps_first`): on the speed benchmark's hardest terms it took the proofs
+from 279 s to 180 s in all (measured there, with the cases that went the other way).
+
 The model is `encode.milp`'s QNN half: integer inputs, accumulators and outputs, rounding
 as integer rows, clamps with one binary per reachable side and big-M values from sound
 bounds. What each answer rests on:
@@ -78,7 +82,7 @@ class MilpEngine:
     def _solve_term(self, query: Query, bounds, term: Violation, seconds: float, stop: StopSignal):
         """(status, witness or None) for one term: SCIP looks for a point that violates it."""
         began = time.perf_counter()
-        milp, inputs, outputs = qnn_model(query, bounds, self.threads)
+        milp, inputs, outputs = qnn_model(query, bounds, self.threads, steps_first=True)
         sides = violation_rows(milp, outputs, term.terms[0])
         left = seconds - (time.perf_counter() - began)  # building the model spent the term's time too
         status = search_violating_point(milp, sides, left, stop)
@@ -94,9 +98,10 @@ def unsupported_layer(qnn: QNN) -> str | None:
     return next((type(layer).__name__ for layer in qnn.layers if not isinstance(layer, Dense | Reshape)), None)
 
 
-def qnn_model(query: Query, bounds, threads: int) -> tuple[Milp, list[Lin], list[Lin]]:
-    """The QNN exactly on the query's box: (the model, its input variables, its outputs)."""
-    milp = Milp(threads)
+def qnn_model(query: Query, bounds, threads: int, steps_first: bool = False) -> tuple[Milp, list[Lin], list[Lin]]:
+    """The QNN exactly on the query's box: (the model, its input variables, its outputs);
+    `steps_first` as in `encode.milp.Milp`."""
+    milp = Milp(threads, steps_first)
     lo, hi = query.region.lo, query.region.hi
     inputs = [milp.int_var(float(a), float(b), f"x{i}") for i, (a, b) in enumerate(zip(lo, hi, strict=True))]
     values = inputs
