@@ -17,10 +17,12 @@ import io
 import sys
 import time
 
+from ortools.linear_solver import pywraplp
+
 from bitqnn.bench import BenchInputError, load_benchmark, make_queries
 from bitqnn.bench_speed import SUITES
 from bitqnn.encode.milp import violation_rows
-from bitqnn.engines.milp import qnn_model, search_violating_point
+from bitqnn.engines.milp import SOLVED, qnn_model, search_violating_point
 from bitqnn.engines.stop import StopSignal
 from bitqnn.query import Query
 from bitqnn.symbolic import analysis_of
@@ -32,7 +34,7 @@ def term_seconds(query: Query, term: tuple, steps_first: bool, timeout: float) -
     sides = violation_rows(milp, outputs, term)
     began = time.perf_counter()
     status = search_violating_point(milp, sides, timeout, StopSignal())
-    answer = {0: "found point", 1: "found point", 2: "proved"}.get(status, "open")
+    answer = "found point" if status in SOLVED else "proved" if status == pywraplp.Solver.INFEASIBLE else "open"
     return answer, time.perf_counter() - began, int(milp.solver.nodes())
 
 
