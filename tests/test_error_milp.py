@@ -232,3 +232,32 @@ def test_a_pair_cut_short_gets_the_time_the_others_leave():
     outcome = FirstRunCutShort(samples=0).solve(dataclasses.replace(query, eps=eps), TIMEOUT)
     assert outcome.verdict is Verdict.PROVED
     assert len(runs) == 7 and runs.count(runs[0]) == 2 and runs[-1] == runs[0]
+
+
+def test_maximize_gives_the_time_to_the_pairs_that_can_beat_the_witness(monkeypatch):
+    """A pair whose DRA bound is below the error already replayed is never run, so it must
+    not hold back a share of the time either."""
+    import bitqnn.engines.error_milp as error_milp
+
+    engine = ErrorMilpEngine(samples=64)
+    chosen = None
+    for index in range(SHIFT_CASES):
+        query, _ = case(index)
+        setup = engine._setup(query, None)
+        contenders = sum(p.dra_bound > setup.search.witnessed for p in setup.pairs)
+        if 0 < contenders < len(setup.pairs):
+            chosen = query, contenders, len(setup.pairs)
+            break
+    assert chosen is not None
+    query, contenders, pairs = chosen
+    given: list[float] = []
+    run = error_milp.run_milp
+
+    def spy(model, pair, seconds, extra, hint):
+        given.append(seconds)
+        return run(model, pair, seconds, extra, hint)
+
+    monkeypatch.setattr(error_milp, "run_milp", spy)
+    timeout = 20.0
+    engine.maximize(query, timeout)
+    assert given and given[0] >= (timeout - 2.0) / contenders > timeout / pairs

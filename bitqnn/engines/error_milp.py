@@ -421,12 +421,15 @@ class ErrorMilpEngine:
         deadline = setup.start + timeout
         for position, pair in enumerate(pairs):
             floor = search.witnessed if search.witnessed is not None else -math.inf
-            share = (deadline - time.perf_counter()) / (len(pairs) - position)
+            # the time left goes to the pairs that can still beat the witness, not to all of
+            # them: where 1 of 20 pairs could, it used to get a twentieth of the time
+            contenders = sum(p.dra_bound > floor for p in pairs[position:])
+            share = (deadline - time.perf_counter()) / max(contenders, 1)
             if pair.dra_bound <= floor or share < MIN_RUN_SECONDS:
                 pair.bound = pair.dra_bound  # cannot beat the witness, or no time left
                 continue
             hint = setup.current_hint(share / 4)
-            share = (deadline - time.perf_counter()) / (len(pairs) - position)
+            share = (deadline - time.perf_counter()) / contenders
             # below the witness a pair cannot raise the answer: stop once SCIP's bound is there
             extra = f"limits/dual = {floor!r}\n" if math.isfinite(floor) else ""
             result = self._run(setup, pair, max(share, MIN_RUN_SECONDS), None, extra, hint)
