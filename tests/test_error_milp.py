@@ -13,6 +13,7 @@ from functools import cache
 import numpy as np
 import pytest
 
+import bitqnn.engines.error_milp as error_milp
 from bitqnn.dra import MODES, DifferentialAnalysis
 from bitqnn.engines.enumeration import box_points
 from bitqnn.engines.error_milp import ErrorMilpEngine
@@ -237,8 +238,6 @@ def test_a_pair_cut_short_gets_the_time_the_others_leave():
 def test_maximize_gives_the_time_to_the_pairs_that_can_beat_the_witness(monkeypatch):
     """A pair whose DRA bound is below the error already replayed is never run, so it must
     not hold back a share of the time either."""
-    import bitqnn.engines.error_milp as error_milp
-
     engine = ErrorMilpEngine(samples=64)
     chosen = None
     for index in range(SHIFT_CASES):
