@@ -8,16 +8,20 @@ verdicts must come out right on either side of the true maximum: 0 disagreements
 from __future__ import annotations
 
 import dataclasses
+import time
 from functools import cache
 
 import numpy as np
 import pytest
 
 import bitqnn.engines.error_milp as error_milp
+import bitqnn.error_verify as error_verify
 from bitqnn.dra import MODES, DifferentialAnalysis
 from bitqnn.engines.enumeration import box_points
 from bitqnn.engines.error_milp import ErrorMilpEngine
-from bitqnn.error_query import ErrorQuery
+from bitqnn.engines.stop import StopSignal
+from bitqnn.error_query import ErrorOutcome, ErrorQuery
+from bitqnn.error_verify import verify_error
 from bitqnn.floatnet import RELU, FloatDense, FloatNetwork
 from bitqnn.outcome import Verdict
 from bitqnn.qnn import Dense
@@ -242,7 +246,7 @@ def test_maximize_gives_the_time_to_the_pairs_that_can_beat_the_witness(monkeypa
     chosen = None
     for index in range(SHIFT_CASES):
         query, _ = case(index)
-        setup = engine._setup(query, None)
+        setup = engine._setup(query, None, None)
         contenders = sum(p.dra_bound > setup.search.witnessed for p in setup.pairs)
         if 0 < contenders < len(setup.pairs):
             chosen = query, contenders, len(setup.pairs)
@@ -252,11 +256,65 @@ def test_maximize_gives_the_time_to_the_pairs_that_can_beat_the_witness(monkeypa
     given: list[float] = []
     run = error_milp.run_milp
 
-    def spy(model, pair, seconds, extra, hint):
+    def spy(model, pair, seconds, extra, hint, stop=None):
         given.append(seconds)
-        return run(model, pair, seconds, extra, hint)
+        return run(model, pair, seconds, extra, hint, stop)
 
     monkeypatch.setattr(error_milp, "run_milp", spy)
     timeout = 20.0
     engine.maximize(query, timeout)
     assert given and given[0] >= (timeout - 2.0) / contenders > timeout / pairs
+
+
+def test_a_stopped_solve_ends_at_once_and_claims_nothing():
+    query, errors = case(0)
+    stop = StopSignal()
+    stop.stop()
+    # at eps = the true maximum no point falsifies and only a MILP run could prove
+    outcome = ErrorMilpEngine(samples=0).solve(dataclasses.replace(query, eps=float(np.abs(errors).max())),
+                                               TIMEOUT, stop=stop)
+    assert outcome.verdict is Verdict.UNKNOWN and outcome.seconds < 5
+    bound = ErrorMilpEngine(samples=0).maximize(query, TIMEOUT, stop=stop)
+    assert bound.seconds < 5 and bound.proven >= float(np.abs(errors).max())  # the DRA's bounds, kept
+
+
+@pytest.mark.parametrize("eps_factor", [0.9, 1.1])
+def test_the_auto_pipeline_decides_both_sides_of_the_true_maximum(eps_factor):
+    """DRA, the climb, then the MILP beside the annealing: the verdicts that reach a user."""
+    failures = []
+    for index in range(0, SHIFT_CASES, 6):
+        query, errors = case(index)
+        true_max = float(np.abs(errors).max())
+        eps = true_max * eps_factor + (1e-6 if eps_factor > 1 else 0.0)
+        outcome = verify_error(dataclasses.replace(query, eps=eps), TIMEOUT, search_budget=0.0)
+        expected = Verdict.PROVED if eps_factor > 1 else Verdict.FALSIFIED
+        if true_max > 1e-6 and outcome.verdict is not expected:
+            failures.append((query.label, outcome.verdict, outcome.reason))
+        if outcome.verdict is Verdict.FALSIFIED and not replayed(query, outcome.witness) > eps:
+            failures.append((query.label, "witness", outcome.witnessed))
+    assert failures == []
+
+
+def test_annealing_falsifies_what_the_milp_leaves_open(monkeypatch):
+    """A MILP that finds nothing until stopped: the annealed point decides, replayed."""
+    query, errors = case(5)
+    true_max = float(np.abs(errors).max())
+    waited = []
+
+    def idle_solve(self, query, timeout, known=None, stop=None):
+        deadline = time.perf_counter() + timeout
+        while not stop.stopped and time.perf_counter() < deadline:
+            time.sleep(0.01)
+        waited.append(stop.stopped)
+        return ErrorOutcome(Verdict.UNKNOWN, "milp", 0.0, "idle")
+
+    monkeypatch.setattr(ErrorMilpEngine, "solve", idle_solve)
+    start = query.region.lo
+    monkeypatch.setattr(error_verify, "search_error",
+                        lambda query, budget: (start, float(np.abs(query.errors(start)).max())))
+    eps = (float(np.abs(query.errors(start)).max()) + true_max) / 2
+    assert float(np.abs(query.errors(start)).max()) < eps < true_max
+    outcome = verify_error(dataclasses.replace(query, eps=eps), TIMEOUT)
+    assert outcome.verdict is Verdict.FALSIFIED and outcome.engine == "auto:anneal"
+    assert replayed(query, outcome.witness) == outcome.witnessed > eps
+    assert waited == [True]  # the annealing's answer stopped the MILP

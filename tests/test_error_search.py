@@ -1,12 +1,13 @@
 """The error search: its incremental neighbourhood is the executor's, and on boxes small
-enough to enumerate it finds the true largest error (and never claims more)."""
+enough to enumerate the climb and the annealing find the true largest error (and never
+claim more)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from bitqnn.engines.enumeration import box_points
-from bitqnn.error_search import Neighbourhood, search_error
+from bitqnn.error_search import Neighbourhood, anneal, search_error
 from tests.test_error_milp import SHIFT_CASES, random_query
 
 
@@ -31,6 +32,11 @@ def test_neighbourhood_errors_are_the_executors():
             # the QNN part is exact; the float part may differ from a direct pass in the last bits
             np.testing.assert_allclose(errors, expected, rtol=0, atol=1e-9)
             assert len(coords) == int(np.sum(query.region.hi - query.region.lo))
+            moves = rng.integers(0, neighbourhood.size, 40)
+            coords, values, errors = neighbourhood.errors(x, moves)
+            assert np.all(values != x[coords]) and len(coords) == int(np.sum(neighbourhood.values[moves] != x[
+                neighbourhood.coords[moves]]))
+            np.testing.assert_allclose(errors, query.errors(moved_points(x, coords, values)), rtol=0, atol=1e-9)
 
 
 def test_search_reaches_the_enumerated_maximum():
@@ -53,3 +59,35 @@ def test_search_starts_from_a_given_point():
     worst = grid[int(np.argmax(np.abs(query.errors(grid)).max(axis=1)))]
     point, claimed = search_error(query, 0.0, start=worst)  # no time to climb: the start must win
     assert claimed == float(np.abs(query.errors(worst)).max()) == float(np.abs(query.errors(point)).max())
+
+
+def enumerated_maximum(query) -> float:
+    return float(np.abs(query.errors(box_points(query.region.lo, query.region.hi, 0, query.region.points))).max())
+
+
+def test_annealing_from_a_corner_reaches_the_enumerated_maximum():
+    """Sound on every case. From the box's low corner, in 0.1 s, it reached the maximum in
+    35 of 60 when this was written: its temperature is set for 784-pixel boxes (the
+    pipeline starts it from the climb's point, and the climb reaches more of these)."""
+    found = 0
+    for seed in range(SHIFT_CASES):
+        query = random_query(seed)
+        truth = enumerated_maximum(query)
+        point, claimed = anneal(query, query.region.lo, 0.1, seed=seed)
+        assert query.region.contains(point)
+        assert claimed == float(np.abs(query.errors(point)).max())
+        assert claimed <= truth + 1e-12 * (1 + truth)
+        found += claimed >= truth - 1e-12 * (1 + truth)
+    assert found >= 0.5 * SHIFT_CASES, found
+
+
+def test_annealing_ends_at_enough_and_when_stopped():
+    query = random_query(5)
+    start = query.region.lo
+    first = float(np.abs(query.errors(start)).max())
+    truth = enumerated_maximum(query)
+    assert first < truth  # so there is something to find
+    point, claimed = anneal(query, start, 30.0, enough=first)
+    assert claimed > first  # it returned at the first better point, long before 30 s
+    point, claimed = anneal(query, start, 30.0, stop=lambda: True)
+    assert np.array_equal(point, start) and claimed == first

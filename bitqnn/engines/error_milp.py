@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from ortools.linear_solver import pywraplp
@@ -32,6 +32,7 @@ from ortools.linear_solver import pywraplp
 from bitqnn.dra import analysis_for
 from bitqnn.encode.milp import ErrorModel, UnsupportedEncoding, build_model, var_of
 from bitqnn.engines.quiet import quiet_native_output
+from bitqnn.engines.stop import StopSignal
 from bitqnn.error_query import ErrorOutcome, ErrorQuery
 from bitqnn.outcome import Verdict
 from bitqnn.pairing import PairingError
@@ -158,7 +159,8 @@ def solver_parameters() -> pywraplp.MPSolverParameters:
 Hint = tuple[list, list]
 
 
-def run_milp(model: ErrorModel, pair: Pair, seconds: float, extra: str, hint: Hint | None) -> RunResult:
+def run_milp(model: ErrorModel, pair: Pair, seconds: float, extra: str, hint: Hint | None,
+             stop: StopSignal | None = None) -> RunResult:
     """Maximise sign * difference; the bound is SCIP's dual bound where it reports one.
 
     OR-Tools reports a dual bound only with a solution (OPTIMAL or FEASIBLE); otherwise it
@@ -170,7 +172,7 @@ def run_milp(model: ErrorModel, pair: Pair, seconds: float, extra: str, hint: Hi
     solver.SetSolverSpecificParametersAsString(SCIP_SETTINGS + extra)
     solver.SetHint(*(hint or ([], [])))
     start = time.perf_counter()
-    with quiet_native_output():
+    with (stop or StopSignal()).hook(solver.InterruptSolve), quiet_native_output():
         status = solver.Solve(solver_parameters())
     elapsed = time.perf_counter() - start
     points, objective, bound = [], None, math.inf
@@ -251,6 +253,7 @@ class Setup:
     margin: float
     stats: dict
     scip_extra: str = ""
+    stop: StopSignal = field(default_factory=StopSignal)  # a race's: stops the runs, keeps what they found
     hint: Hint | None = None
     hint_point: np.ndarray | None = None
 
@@ -269,7 +272,8 @@ class Setup:
             return None
         if self.hint_point is None or not np.array_equal(witness, self.hint_point):
             self.hint_point = witness.copy()
-            self.hint = full_hint(self.model, witness, seconds, self.scip_extra)
+            with self.stop.hook(self.model.milp.solver.InterruptSolve):
+                self.hint = full_hint(self.model, witness, seconds, self.scip_extra)
         return self.hint
 
 
@@ -288,7 +292,7 @@ class ErrorMilpEngine:
         self.coupling = coupling
         self.scip_extra = scip_extra  # more SCIP parameters, "name = value" per line
 
-    def _setup(self, query: ErrorQuery, known: np.ndarray | None) -> Setup | ErrorOutcome:
+    def _setup(self, query: ErrorQuery, known: np.ndarray | None, stop: StopSignal | None) -> Setup | ErrorOutcome:
         """The DRA, a sampled witness (or a better one `known` from an earlier search) and the
         model; an outcome where the query cannot be stated."""
         start = time.perf_counter()
@@ -319,7 +323,7 @@ class ErrorMilpEngine:
             return replace(outcome, verdict=Verdict.PROVED) if outcome.proven <= query.eps else outcome
         margin = margin_of(query, model)
         stats = {"model": model.stats(), "tolerance": margin, "feastol": FEASIBILITY_TOLERANCE, "runs": []}
-        return Setup(start, pairs, search, model, margin, stats, self.scip_extra)
+        return Setup(start, pairs, search, model, margin, stats, self.scip_extra, stop or StopSignal())
 
     def _outcome(self, setup: Setup, verdict: Verdict, reason: str, proven: float | None) -> ErrorOutcome:
         search = setup.search
@@ -333,10 +337,11 @@ class ErrorMilpEngine:
 
     # -- the eps question --
 
-    def solve(self, query: ErrorQuery, timeout: float, known: np.ndarray | None = None) -> ErrorOutcome:
+    def solve(self, query: ErrorQuery, timeout: float, known: np.ndarray | None = None,
+              stop: StopSignal | None = None) -> ErrorOutcome:
         """PROVED when every (output, sign) is bounded by eps, FALSIFIED at the first replayed
-        witness above eps, UNKNOWN otherwise."""
-        setup = self._setup(query, known)
+        witness above eps, UNKNOWN otherwise (also when `stop` is called)."""
+        setup = self._setup(query, known, stop)
         if isinstance(setup, ErrorOutcome):
             return setup
         eps, search = query.eps, setup.search
@@ -353,9 +358,11 @@ class ErrorMilpEngine:
         # the pairs closest to eps first: they settle fastest, and each pair's share of the
         # time is what is left divided by the pairs still waiting, so the hard ones get the rest
         pending = sorted(open_pairs, key=lambda p: p.dra_bound)
-        while pending:  # rounds: time a pair left unused goes to the pairs that ran out of it
+        while pending and not setup.stop.stopped:  # rounds: unused time goes to the pairs that ran out of it
             cut_short = []
             for position, pair in enumerate(pending):
+                if setup.stop.stopped:
+                    break
                 if self._decide_pair(setup, pair, deadline, len(pending) - position, eps):
                     cut_short.append(pair)
                 if search.witnessed is not None and search.witnessed > eps:
@@ -403,7 +410,7 @@ class ErrorMilpEngine:
         model = setup.model
         set_cut(model, pair, cut)
         try:
-            result = run_milp(model, pair, seconds, setup.scip_extra + extra, hint)
+            result = run_milp(model, pair, seconds, setup.scip_extra + extra, hint, setup.stop)
         finally:
             set_cut(model, pair, None)
         found = setup.search.offer(np.array(result.points), result.objective) if result.points else None
@@ -412,9 +419,11 @@ class ErrorMilpEngine:
 
     # -- the tightest bound --
 
-    def maximize(self, query: ErrorQuery, timeout: float, known: np.ndarray | None = None) -> ErrorOutcome:
-        """The largest replayed |error| (witnessed) and a bound on every |error| (proven)."""
-        setup = self._setup(query, known)
+    def maximize(self, query: ErrorQuery, timeout: float, known: np.ndarray | None = None,
+                 stop: StopSignal | None = None) -> ErrorOutcome:
+        """The largest replayed |error| (witnessed) and a bound on every |error| (proven);
+        after `stop`, the pairs not yet run keep their DRA bounds."""
+        setup = self._setup(query, known, stop)
         if isinstance(setup, ErrorOutcome):
             return setup
         search, pairs = setup.search, setup.pairs
@@ -425,7 +434,7 @@ class ErrorMilpEngine:
             # them: where 1 of 20 pairs could, it used to get a twentieth of the time
             contenders = sum(p.dra_bound > floor for p in pairs[position:])
             share = (deadline - time.perf_counter()) / max(contenders, 1)
-            if pair.dra_bound <= floor or share < MIN_RUN_SECONDS:
+            if pair.dra_bound <= floor or share < MIN_RUN_SECONDS or setup.stop.stopped:
                 pair.bound = pair.dra_bound  # cannot beat the witness, or no time left
                 continue
             hint = setup.current_hint(share / 4)
