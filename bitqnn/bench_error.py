@@ -25,7 +25,8 @@ the gap that only a complete engine closes.
 Reported per model: DRA-only decided counts (DRA can only prove: proved iff U_i <= eps);
 the pipeline's proved/falsified/unknown counts and median/total seconds per task, where
 the pipeline is `verify_error(engine="auto")` (DRA, search, then the complete MILP engine
-with --timeout seconds per task) or, with --no-milp, DRA plus `verify_error(engine="search")`;
+with annealing beside it, --timeout seconds per task) or, with --no-milp, DRA plus
+`verify_error(engine="search")`;
 and the mean DRA interval width (hi - lo over all outputs and images) in each of the
 naive, concrete and symbolic modes, with the ratio naive/symbolic. U_i is read off the
 same symbolic analysis that gives the widths (it is exactly what `dra_bound` computes for

@@ -124,8 +124,9 @@ def anneal(query: ErrorQuery, start: np.ndarray, budget: float, seed: int = 0,
     takes moves that lose a little. T falls linearly to zero over a cycle of steps, not of
     seconds, so a seed gives the same walk on any machine; each cycle restarts from the
     best point. Measured on Fashion-MNIST at radius 3: 10 s from the climb's 1 s point
-    (the climb alone for those 10 s in brackets), 1x100 at Q=6, image 0, 1.52 -> 2.57
-    (2.02); 2x100 at Q=8, image 4, 0.689 -> 0.959 (0.767). On six tasks that the complete
+    (the climb alone for those 10 s in brackets), 1x100 at Q=6, image 0, 1.61 -> 2.33
+    (2.02); 2x100 at Q=8, image 4, 0.715 -> 0.881 (0.767); 3x100 at Q=8, image 0,
+    0.597 -> 0.682 (0.679). On six tasks that the complete
     pipeline had left open (1x100 and 2x100, Q = 6 to 10), 30 s from the climb's point
     crossed eps on 5 with these settings; on 3 or 4 with T0 = 0.005 or 0.01 and 10,000-step
     cycles, 3 with T0 = 0.02 and 30,000 steps, 1 to 3 with 2,000-step cycles.

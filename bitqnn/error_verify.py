@@ -54,11 +54,8 @@ def verify_error(query: ErrorQuery, timeout: float, engine: str = "auto", search
         from bitqnn.engines.error_milp import ErrorMilpEngine  # SCIP loads only when needed
 
         remaining = max(timeout - (time.perf_counter() - start), 0.0)
-        if engine == "milp":
-            outcome = ErrorMilpEngine().solve(query, remaining, known=witness)
-            return _merge(outcome, witness, witnessed, proven, time.perf_counter() - start)
-        outcome, witness, witnessed = _beside_annealing(
-            query, lambda stop: ErrorMilpEngine().solve(query, remaining, known=witness, stop=stop),
+        outcome, witness, witnessed = _complete_stage(
+            query, engine, lambda stop: ErrorMilpEngine().solve(query, remaining, known=witness, stop=stop),
             witness, witnessed, remaining, until=query.eps)
         return _merge(outcome, witness, witnessed, proven, time.perf_counter() - start)
     reason = "DRA bound above eps" if engine == "dra" else "no error above eps found"
@@ -85,27 +82,26 @@ def tightest_bound(query: ErrorQuery, timeout: float, engine: str = "auto",
     from bitqnn.engines.error_milp import ErrorMilpEngine
 
     remaining = max(timeout - (time.perf_counter() - start), 0.0)
-    if engine == "milp":
-        outcome = ErrorMilpEngine().maximize(query, remaining, known=witness)
-        return _merge(outcome, witness, witnessed, proven, time.perf_counter() - start)
-    outcome, witness, witnessed = _beside_annealing(
-        query, lambda stop: ErrorMilpEngine().maximize(query, remaining, known=witness, stop=stop),
+    outcome, witness, witnessed = _complete_stage(
+        query, engine, lambda stop: ErrorMilpEngine().maximize(query, remaining, known=witness, stop=stop),
         witness, witnessed, remaining, until=math.inf)
     return _merge(outcome, witness, witnessed, proven, time.perf_counter() - start)
 
 
-def _beside_annealing(query: ErrorQuery, milp: Callable[[StopSignal], ErrorOutcome], witness: np.ndarray,
-                      witnessed: float, seconds: float, until: float) -> tuple[ErrorOutcome, np.ndarray, float]:
-    """`milp` and `anneal` from `witness` in two threads: (the MILP's outcome, the better
-    of `witness` and the annealed point, and its error). The MILP's return ends the
+def _complete_stage(query: ErrorQuery, engine: str, milp: Callable[[StopSignal], ErrorOutcome], witness: np.ndarray,
+                    witnessed: float, seconds: float, until: float) -> tuple[ErrorOutcome, np.ndarray, float]:
+    """(the MILP's outcome, the best witness, its error): the MILP alone for `milp`; for
+    `auto`, the MILP and `anneal` from `witness` in two threads. The MILP's return ends the
     annealing; an annealed error above `until` stops the MILP. An annealed error above eps
     makes the outcome FALSIFIED: a replayed point outranks a floating-point LP's proof,
     and such a conflict drops the proof's bound and is flagged in the stats.
 
-    BLAS runs on one thread meanwhile: the annealing's products are too small to gain
+    BLAS runs on one thread during the race: the annealing's products are too small to gain
     from more, and OpenBLAS's extra thread took the core SCIP needed (2x100 at Q = 8, one
     process, 30 s: 5,407 annealing steps beside the MILP with it, 12,270 without; alone,
     12,653 and 12,840)."""
+    if engine == "milp":
+        return milp(StopSignal()), witness, witnessed
     with threadpool_limits(limits=1, user_api="blas"):
         results = race([lambda stop: milp(stop),
                         lambda stop: anneal(query, witness, seconds, enough=until, stop=lambda: stop.stopped)],
