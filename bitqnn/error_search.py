@@ -126,10 +126,10 @@ def anneal(query: ErrorQuery, start: np.ndarray, budget: float, seed: int = 0,
     best point. Measured on Fashion-MNIST at radius 3: 10 s from the climb's 1 s point
     (the climb alone for those 10 s in brackets), 1x100 at Q=6, image 0, 1.61 -> 2.33
     (2.02); 2x100 at Q=8, image 4, 0.715 -> 0.881 (0.767); 3x100 at Q=8, image 0,
-    0.597 -> 0.682 (0.679). On six tasks that the complete
-    pipeline had left open (1x100 and 2x100, Q = 6 to 10), 30 s from the climb's point
-    crossed eps on 5 with these settings; on 3 or 4 with T0 = 0.005 or 0.01 and 10,000-step
-    cycles, 3 with T0 = 0.02 and 30,000 steps, 1 to 3 with 2,000-step cycles.
+    0.597 -> 0.682 (0.679). On six tasks that the complete pipeline had left open (1x100
+    and 2x100, Q = 6 to 10), 30 s from the climb's point crossed eps on 5 with these
+    settings; on 3 or 4 with T0 = 0.005 or 0.01 and 10,000-step cycles, 3 with T0 = 0.02
+    and 30,000 steps, 1 to 3 with 2,000-step cycles.
     """
     began = time.perf_counter()
     rng = np.random.default_rng(seed)

@@ -88,10 +88,12 @@ def tightest_bound(query: ErrorQuery, timeout: float, engine: str = "auto",
     return _merge(outcome, witness, witnessed, proven, time.perf_counter() - start)
 
 
-def _complete_stage(query: ErrorQuery, engine: str, milp: Callable[[StopSignal], ErrorOutcome], witness: np.ndarray,
-                    witnessed: float, seconds: float, until: float) -> tuple[ErrorOutcome, np.ndarray, float]:
-    """(the MILP's outcome, the best witness, its error): the MILP alone for `milp`; for
-    `auto`, the MILP and `anneal` from `witness` in two threads. The MILP's return ends the
+def _complete_stage(query: ErrorQuery, engine: str, milp: Callable[[StopSignal], ErrorOutcome],
+                    witness: np.ndarray | None, witnessed: float | None, seconds: float,
+                    until: float) -> tuple[ErrorOutcome, np.ndarray | None, float | None]:
+    """(the MILP's outcome, the best witness, its error): the MILP alone for `milp` (no
+    witness yet in `verify_error`); for `auto`, the MILP and `anneal` from the search's
+    `witness` in two threads. The MILP's return ends the
     annealing; an annealed error above `until` stops the MILP. An annealed error above eps
     makes the outcome FALSIFIED: a replayed point outranks a floating-point LP's proof,
     and such a conflict drops the proof's bound and is flagged in the stats.

@@ -73,7 +73,6 @@ def test_search_starts_from_a_given_point():
     assert claimed == float(np.abs(query.errors(worst)).max()) == float(np.abs(query.errors(point)).max())
 
 
-
 def test_annealing_ends_at_enough_and_when_stopped():
     query = random_query(5)
     start = query.region.lo

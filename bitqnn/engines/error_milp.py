@@ -358,7 +358,7 @@ class ErrorMilpEngine:
         # the pairs closest to eps first: they settle fastest, and each pair's share of the
         # time is what is left divided by the pairs still waiting, so the hard ones get the rest
         pending = sorted(open_pairs, key=lambda p: p.dra_bound)
-        while pending and not setup.stop.stopped:  # rounds: unused time goes to the pairs that ran out of it
+        while pending:  # rounds: time a pair left unused goes to the pairs that ran out of it
             cut_short = []
             for position, pair in enumerate(pending):
                 if setup.stop.stopped:
