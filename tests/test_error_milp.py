@@ -221,6 +221,36 @@ def test_scip_settings_avoid_the_varbound_fault():
     assert abs(solver.Objective().Value() - 0.0607171474) < 1e-8
 
 
+def test_tiny_coefficients_widen_the_row_instead_of_vanishing():
+    """y = 5e-10 * x with x up to 1e7 reaches 5e-3. SCIP deletes the coefficient (below its
+    zero tolerance) and answers 0, a bound below a reachable value; `Milp.row` moves the
+    term into the row's bounds, and `set_row_bounds` keeps it there (y <= 5e-3 + hi)."""
+    from ortools.linear_solver import pywraplp
+
+    from bitqnn.encode.milp import Milp, var_of
+
+    raw = pywraplp.Solver.CreateSolver("SCIP")
+    x, y = raw.IntVar(0, 10**7, "x"), raw.NumVar(-1.0, 1.0, "y")
+    row = raw.Constraint(0.0, 0.0)
+    row.SetCoefficient(y, 1.0)
+    row.SetCoefficient(x, -5e-10)
+    raw.Maximize(y)
+    assert raw.Solve() == pywraplp.Solver.OPTIMAL
+    assert raw.Objective().Value() < 1e-9  # the hazard: true maximum 5e-3
+
+    milp = Milp(threads=1)
+    x, y = milp.int_var(0, 10**7, "x"), milp.real_var(-1.0, 1.0, "y")
+    constraint = milp.row(y.add(x, -5e-10), 0.0, 0.0)
+    solver = milp.solver
+    solver.Maximize(var_of(y))
+    for lo, hi in ((0.0, 0.0), (-1e-3, 1e-3)):
+        milp.set_row_bounds(constraint, lo, hi)
+        assert solver.Solve() == pywraplp.Solver.OPTIMAL
+        # sound, and no wider than the moved term's range
+        assert 5e-3 + hi - 1e-12 <= solver.Objective().Value() <= 5e-3 + hi + 1e-12
+        assert solver.VerifySolution(1e-9, False)
+
+
 def test_a_pair_cut_short_gets_the_time_the_others_leave():
     """Rounds: a pair whose run ends at its time limit is run again once the others settle."""
     query, errors = case(2)  # the DRA leaves 6 (output, sign) pairs open at this eps

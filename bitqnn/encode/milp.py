@@ -31,6 +31,7 @@ from bitqnn.qnn import QNN, Dense, Reshape
 from bitqnn.requant import OutputStage, Rounding, ShiftRequant
 
 MAX_STEP_PIECES = 4096  # larger step tables are declined (UNKNOWN) rather than encoded
+TINY_COEFFICIENT = 1e-7  # smaller row coefficients go into the row's bounds (`Milp.row`)
 STEP_PRIORITY = 10  # SCIP's branching priority of step integers under `Milp.steps_first` (others: 0)
 
 
@@ -113,6 +114,8 @@ class Milp:
         self.steps_first = steps_first
         self.binaries = self.integers = self.reals = self.rows = 0
         self.big_m = 0.0
+        # per row: what its lower and upper bound are moved by (constant, tiny terms)
+        self.offsets: dict[int, tuple[float, float]] = {}
 
     def int_var(self, lo: float, hi: float, name: str) -> Lin:
         lo, hi = math.ceil(lo), math.floor(hi)
@@ -139,13 +142,36 @@ class Milp:
         return Lin.of(self.solver.NumVar(lo, hi, name))
 
     def row(self, expr: Lin, lo: float = -math.inf, hi: float = math.inf) -> Any:
-        """lo <= expr <= hi, with the constant moved to the bounds."""
+        """lo <= expr <= hi, with the constant moved to the bounds, and every coefficient
+        below TINY_COEFFICIENT moved there too, as the range its term takes over its
+        variable's bounds.
+
+        Why: SCIP deletes a coefficient below its zero tolerance (numerics/epsilon, 1e-9)
+        and solves the row without it, so a bound it proves could miss that term. Trained
+        float weights go that small (Fashion-MNIST's border pixels: 1,839 first-layer
+        weights of the 1x100 model, after the input scale), and SCIP's points broke such
+        rows by the deleted terms exactly (2.4e-6 on one row), which made `VerifySolution`
+        void whole runs. Moved into the bounds, the term widens the row instead: a sound
+        relaxation of at most 3.4e-5 on that model's first layer."""
         self.rows += 1
-        constraint = self.solver.Constraint(lo - expr.const, hi - expr.const)
+        keep, low, high = [], 0.0, 0.0
         for var, coef in expr.terms.values():
-            if coef != 0.0:
-                constraint.SetCoefficient(var, coef)
+            if abs(coef) >= TINY_COEFFICIENT:
+                keep.append((var, coef))
+            elif coef != 0.0:
+                ends = (coef * var.lb(), coef * var.ub())
+                low, high = low + min(ends), high + max(ends)
+        constraint = self.solver.Constraint(-math.inf, math.inf)
+        self.offsets[constraint.index()] = (expr.const + high, expr.const + low)
+        self.set_row_bounds(constraint, lo, hi)
+        for var, coef in keep:
+            constraint.SetCoefficient(var, coef)
         return constraint
+
+    def set_row_bounds(self, constraint: Any, lo: float, hi: float) -> None:
+        """New bounds lo <= expr <= hi on a row made by `row`, keeping its moved terms."""
+        below, above = self.offsets[constraint.index()]
+        constraint.SetBounds(lo - below, hi - above)
 
     def note_big_m(self, *values: float) -> None:
         self.big_m = max(self.big_m, *(abs(float(v)) for v in values))

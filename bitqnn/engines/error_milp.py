@@ -15,9 +15,11 @@ different footing:
   not replay is ignored, so FALSIFIED never rests on the solver's arithmetic;
 - a bound rests on SCIP's floating-point LP. Tolerances are set tight explicitly, and a
   bound counts only after adding a stated margin; `stats["tolerance"]` and the reason say
-  so. A run is discarded when SCIP's own point violates the model (checked with
-  `VerifySolution`) or its bound falls below an error already replayed; SCIP 10.0.0 did
-  return such a point once (see SCIP_NUMERICS), which is why both checks exist.
+  so. A run's numbers are discarded when SCIP's own point violates the model (checked
+  with `VerifySolution`; its points are still replayed) or its bound falls below an
+  error already replayed; SCIP 10.0.0 did return such a point once (see SCIP_NUMERICS),
+  which is why both checks exist. Coefficients too small for SCIP to keep are moved into
+  their rows' bounds when the model is built (`bitqnn.encode.milp.Milp.row`).
 """
 
 from __future__ import annotations
@@ -143,8 +145,7 @@ def set_cut(model: ErrorModel, pair: Pair, cut: float | None) -> None:
             lo = max(lo, cut)
         else:
             hi = min(hi, -cut)
-    const = model.differences[j].const
-    model.rows[j].SetBounds(lo - const, hi - const)
+    model.milp.set_row_bounds(model.rows[j], lo, hi)
 
 
 def solver_parameters() -> pywraplp.MPSolverParameters:
@@ -176,13 +177,14 @@ def run_milp(model: ErrorModel, pair: Pair, seconds: float, extra: str, hint: Hi
         status = solver.Solve(solver_parameters())
     elapsed = time.perf_counter() - start
     points, objective, bound = [], None, math.inf
-    if status in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE) and not solver.VerifySolution(
-            VERIFY_TOLERANCE, False):
-        status = VIOLATED  # the solver's own point breaks the model: trust nothing from this run
     if status in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
-        objective = solver.Objective().Value()
-        best = solver.Objective().BestBound()
-        bound = max(best, objective) if not math.isnan(best) else math.inf
+        if solver.VerifySolution(VERIFY_TOLERANCE, False):
+            objective = solver.Objective().Value()
+            best = solver.Objective().BestBound()
+            bound = max(best, objective) if not math.isnan(best) else math.inf
+        else:
+            status = VIOLATED  # the solver's own point breaks the model: trust no number from this run
+        # its inputs are still worth a replay, which is all a witness rests on
         points.append(read_point(model))
         while len(points) < POOL_REPLAYS and solver.NextSolution():
             points.append(read_point(model))
