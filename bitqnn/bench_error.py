@@ -20,7 +20,9 @@ computed. With L = median L_i and U = median U_i, the grid is --eps-count values
 geometrically from L/2 to 1.2*U, both ends included, rounded to 3 significant digits.
 So the smallest values are below nearly every image's found error (falsified), the largest
 are above nearly every image's DRA bound (proved by DRA alone), and the middle ones lie in
-the gap that only a complete engine closes.
+the gap that only a complete engine closes. The search runs for wall-clock seconds, so
+two runs choose grids a few percent apart; --eps-from takes every grid from an earlier
+run's report instead, so that two versions of the pipeline answer the same tasks.
 
 Reported per model: DRA-only decided counts (DRA can only prove: proved iff U_i <= eps);
 the pipeline's proved/falsified/unknown counts and median/total seconds per task, where
@@ -106,6 +108,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eps-count", type=int, default=5, help="error bounds per model (default 5)")
     parser.add_argument("--search-budget", type=float, default=1.0,
                         help="seconds of error search per image for the eps grid and per task (default 1)")
+    parser.add_argument("--eps-from", default=None, metavar="REPORT",
+                        help="take each model's eps grid from an earlier run's JSON report instead of "
+                             "choosing it, so that two runs answer the same tasks")
     parser.add_argument("--no-milp", action="store_true",
                         help="skip the complete MILP engine: DRA and search only")
     parser.add_argument("--out", default="bench-results/errorbound.json")
@@ -118,6 +123,7 @@ def run_error_benchmark(args: argparse.Namespace) -> int:
         if not args.no_milp:
             _load_milp()  # the complete engine loads before the first query, and a missing one fails now
         x_train, x_test, y_test = _load_data(args.data, args.images)
+        grids = _chosen_grids(args.eps_from, models, bits) if args.eps_from else None
     except BenchInputError as error:
         print(f"bitqnn: error: {error}", file=sys.stderr)
         return 2
@@ -133,6 +139,9 @@ def run_error_benchmark(args: argparse.Namespace) -> int:
             config = FixedPointConfig(weights=q, activations=q, input_bits=8, input_frac=8)
             qnn = quantize_fixed_point(float_net, config, calibration)
             run = _prepare(model, q, float_net, qnn, x_test, y_test, args)
+            if grids is not None:
+                run.eps = grids[(model, q)]
+                print(f"  {Path(model).stem} Q={q}: eps grid {run.eps} from {args.eps_from}", flush=True)
             _run_tasks(run, float_net, qnn, x_test, args, pipeline)
             runs.append(run)
     report = _report(runs, args, pipeline, time.perf_counter() - started)
@@ -244,6 +253,27 @@ def eps_grid(found: list[float], upper: list[float], count: int) -> list[float]:
     return sorted({float(f"{v:.3g}") for v in values})
 
 
+def read_grids(path: str) -> dict[tuple[str, int], list[float]]:
+    """(model, Q) -> eps grid, from a report this benchmark wrote."""
+    try:
+        report = json.loads(Path(path).read_text())
+        return {(m["model"], int(m["bits"])): [float(e) for e in m["eps"]] for m in report["models"]}
+    except OSError as error:
+        raise BenchInputError(f"--eps-from {path}: {error.strerror}") from error
+    except (ValueError, KeyError, TypeError) as error:
+        raise BenchInputError(f"--eps-from {path}: not an errorbound report ({error!r})") from error
+
+
+def _chosen_grids(path: str, models: list[str], bits: list[int]) -> dict[tuple[str, int], list[float]]:
+    """The grids of `path` for every model and Q of this run, checked before any work starts."""
+    grids = read_grids(path)
+    for model in models:
+        for q in bits:
+            if (model, q) not in grids:
+                raise BenchInputError(f"--eps-from {path} has no eps grid for {model} at Q={q}")
+    return grids
+
+
 def _run_tasks(run: ModelRun, float_net: FloatNetwork, qnn: QNN, x_test: np.ndarray, args: argparse.Namespace,
                pipeline: str) -> None:
     name = Path(run.model).stem
@@ -316,7 +346,8 @@ def _report(runs: list[ModelRun], args: argparse.Namespace, pipeline: str, wall:
     return {
         "pipeline": pipeline, "timeout_s": args.timeout, "radius": args.radius, "images": args.images,
         "eps_count": args.eps_count, "search_budget_s": args.search_budget,
-        "eps_rule": f"geometric, {LOW_FACTOR} * median found error to {HIGH_FACTOR} * median symbolic DRA bound",
+        "eps_rule": (f"taken from {args.eps_from}" if args.eps_from else
+                     f"geometric, {LOW_FACTOR} * median found error to {HIGH_FACTOR} * median symbolic DRA bound"),
         "wall_s": wall, "tasks": tasks, "unknown": unknown, "undecided_share": unknown / max(tasks, 1),
         "ratio_by_hidden_layers": by_depth, "models": [{k: v for k, v in s.items() if k != "images"}
                                                        for s in summaries],

@@ -276,7 +276,7 @@ def test_maximize_gives_the_time_to_the_pairs_that_can_beat_the_witness(monkeypa
     chosen = None
     for index in range(SHIFT_CASES):
         query, _ = case(index)
-        setup = engine._setup(query, None, None)
+        setup = engine.prepare(query, None, None)
         contenders = sum(p.dra_bound > setup.search.witnessed for p in setup.pairs)
         if 0 < contenders < len(setup.pairs):
             chosen = query, contenders, len(setup.pairs)

@@ -31,7 +31,10 @@ from bitqnn.qnn import QNN, Dense, Reshape
 from bitqnn.requant import OutputStage, Rounding, ShiftRequant
 
 MAX_STEP_PIECES = 4096  # larger step tables are declined (UNKNOWN) rather than encoded
-TINY_COEFFICIENT = 1e-7  # smaller row coefficients go into the row's bounds (`Milp.row`)
+# smaller row coefficients go into the row's bounds (`Milp.row`): ten times SCIP's zero
+# tolerance, for presolve's multipliers; the smallest real coefficient bitqnn writes on
+# purpose, an accumulator's scale in a difference row, is 2**-24 (6e-8) at Q = 16
+TINY_COEFFICIENT = 1e-8
 STEP_PRIORITY = 10  # SCIP's branching priority of step integers under `Milp.steps_first` (others: 0)
 
 
@@ -152,7 +155,7 @@ class Milp:
         weights of the 1x100 model, after the input scale), and SCIP's points broke such
         rows by the deleted terms exactly (2.4e-6 on one row), which made `VerifySolution`
         void whole runs. Moved into the bounds, the term widens the row instead: a sound
-        relaxation of at most 3.4e-5 on that model's first layer."""
+        relaxation of at most 2.2e-6 on that model's first layer."""
         self.rows += 1
         keep, low, high = [], 0.0, 0.0
         for var, coef in expr.terms.values():

@@ -294,7 +294,7 @@ class ErrorMilpEngine:
         self.coupling = coupling
         self.scip_extra = scip_extra  # more SCIP parameters, "name = value" per line
 
-    def _setup(self, query: ErrorQuery, known: np.ndarray | None, stop: StopSignal | None) -> Setup | ErrorOutcome:
+    def prepare(self, query: ErrorQuery, known: np.ndarray | None, stop: StopSignal | None) -> Setup | ErrorOutcome:
         """The DRA, a sampled witness (or a better one `known` from an earlier search) and the
         model; an outcome where the query cannot be stated."""
         start = time.perf_counter()
@@ -343,7 +343,7 @@ class ErrorMilpEngine:
               stop: StopSignal | None = None) -> ErrorOutcome:
         """PROVED when every (output, sign) is bounded by eps, FALSIFIED at the first replayed
         witness above eps, UNKNOWN otherwise (also when `stop` is called)."""
-        setup = self._setup(query, known, stop)
+        setup = self.prepare(query, known, stop)
         if isinstance(setup, ErrorOutcome):
             return setup
         eps, search = query.eps, setup.search
@@ -425,7 +425,7 @@ class ErrorMilpEngine:
                  stop: StopSignal | None = None) -> ErrorOutcome:
         """The largest replayed |error| (witnessed) and a bound on every |error| (proven);
         after `stop`, the pairs not yet run keep their DRA bounds."""
-        setup = self._setup(query, known, stop)
+        setup = self.prepare(query, known, stop)
         if isinstance(setup, ErrorOutcome):
             return setup
         search, pairs = setup.search, setup.pairs
