@@ -54,9 +54,10 @@ def verify_error(query: ErrorQuery, timeout: float, engine: str = "auto", search
         from bitqnn.engines.error_milp import ErrorMilpEngine  # SCIP loads only when needed
 
         remaining = max(timeout - (time.perf_counter() - start), 0.0)
+        milp = ErrorMilpEngine(yield_at_root=engine == "auto")
         outcome, witness, witnessed = _complete_stage(
-            query, engine, lambda stop: ErrorMilpEngine().solve(query, remaining, known=witness, stop=stop),
-            witness, witnessed, remaining, until=query.eps)
+            query, engine, lambda stop: milp.solve(query, remaining, known=witness, stop=stop),
+            witness, witnessed, remaining, until=query.eps, anneal_past_unknown=True)
         return _merge(outcome, witness, witnessed, proven, time.perf_counter() - start)
     reason = "DRA bound above eps" if engine == "dra" else "no error above eps found"
     return ErrorOutcome(Verdict.UNKNOWN, engine, time.perf_counter() - start, reason,
@@ -90,11 +91,13 @@ def tightest_bound(query: ErrorQuery, timeout: float, engine: str = "auto",
 
 def _complete_stage(query: ErrorQuery, engine: str, milp: Callable[[StopSignal], ErrorOutcome],
                     witness: np.ndarray | None, witnessed: float | None, seconds: float,
-                    until: float) -> tuple[ErrorOutcome, np.ndarray | None, float | None]:
+                    until: float, anneal_past_unknown: bool = False) -> tuple[ErrorOutcome, np.ndarray | None,
+                                                                               float | None]:
     """(the MILP's outcome, the best witness, its error): the MILP alone for `milp` (no
     witness yet in `verify_error`); for `auto`, the MILP and `anneal` from the search's
-    `witness` in two threads. The MILP's return ends the
-    annealing; an annealed error above `until` stops the MILP. An annealed error above eps
+    `witness` in two threads. The MILP's return ends the annealing, except that with
+    `anneal_past_unknown` an UNKNOWN from a MILP that gave up early leaves it the rest of
+    the time; an annealed error above `until` stops the MILP. An annealed error above eps
     makes the outcome FALSIFIED: a replayed point outranks a floating-point LP's proof,
     and such a conflict drops the proof's bound and is flagged in the stats.
 
@@ -107,7 +110,8 @@ def _complete_stage(query: ErrorQuery, engine: str, milp: Callable[[StopSignal],
     with threadpool_limits(limits=1, user_api="blas"):
         results = race([lambda stop: milp(stop),
                         lambda stop: anneal(query, witness, seconds, enough=until, stop=lambda: stop.stopped)],
-                       lambda result: isinstance(result, ErrorOutcome) or result[1] > until)
+                       lambda result: (result.verdict is not Verdict.UNKNOWN or not anneal_past_unknown)
+                       if isinstance(result, ErrorOutcome) else result[1] > until)
     outcome, (point, error) = results
     if error <= witnessed:
         return outcome, witness, witnessed

@@ -8,6 +8,7 @@ verdicts must come out right on either side of the true maximum: 0 disagreements
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from functools import cache
 
@@ -348,3 +349,40 @@ def test_annealing_falsifies_what_the_milp_leaves_open(monkeypatch):
     assert outcome.verdict is Verdict.FALSIFIED and outcome.engine == "auto:anneal"
     assert replayed(query, outcome.witness) == outcome.witnessed > eps
     assert waited == [True]  # the annealing's answer stopped the MILP
+
+
+def test_annealing_goes_on_past_a_milp_that_gives_up(monkeypatch):
+    """An UNKNOWN returned early (as `yield_at_root` does) leaves the annealing its time."""
+    query, errors = case(5)
+    true_max = float(np.abs(errors).max())
+    monkeypatch.setattr(ErrorMilpEngine, "solve",
+                        lambda self, query, timeout, known=None, stop=None:
+                        ErrorOutcome(Verdict.UNKNOWN, "milp", 0.0, "gave up"))
+    start = query.region.lo
+    monkeypatch.setattr(error_verify, "search_error",
+                        lambda query, budget: (start, float(np.abs(query.errors(start)).max())))
+    eps = (float(np.abs(query.errors(start)).max()) + true_max) / 2
+    outcome = verify_error(dataclasses.replace(query, eps=eps), TIMEOUT)
+    assert outcome.verdict is Verdict.FALSIFIED and outcome.engine == "auto:anneal"
+    assert replayed(query, outcome.witness) == outcome.witnessed > eps
+
+
+@pytest.mark.parametrize("yields", [True, False])
+def test_solve_yields_when_scip_cannot_finish_a_root(monkeypatch, yields):
+    """Every run ends at its time limit on the root node: with `yield_at_root` the first
+    such run ends `solve`, UNKNOWN and claiming nothing; without it every open pair runs."""
+    query, errors = case(2)  # the DRA leaves 6 (output, sign) pairs open at this eps
+    eps = float(np.abs(errors).max()) * 1.1 + 1e-6
+    runs = []
+
+    def root_only(model, pair, seconds, extra, hint, stop=None):
+        runs.append((pair.output, pair.sign))
+        return error_milp.RunResult(error_milp.pywraplp.Solver.NOT_SOLVED, math.inf, None, [], seconds, 1)
+
+    monkeypatch.setattr(error_milp, "run_milp", root_only)
+    outcome = ErrorMilpEngine(samples=0, yield_at_root=yields).solve(dataclasses.replace(query, eps=eps), 2.0)
+    assert outcome.verdict is Verdict.UNKNOWN and outcome.proven is None
+    if yields:
+        assert len(runs) == 1 and "root node" in outcome.reason
+    else:
+        assert len(runs) >= 6 and len(set(runs)) == 6

@@ -288,11 +288,16 @@ class ErrorMilpEngine:
 
     name = "milp"
 
-    def __init__(self, threads: int = 1, samples: int = 256, coupling: bool = True, scip_extra: str = "") -> None:
+    def __init__(self, threads: int = 1, samples: int = 256, coupling: bool = True, scip_extra: str = "",
+                 yield_at_root: bool = False) -> None:
         self.threads = threads
         self.samples = samples
         self.coupling = coupling
         self.scip_extra = scip_extra  # more SCIP parameters, "name = value" per line
+        # `solve` returns UNKNOWN at once when SCIP cannot finish the root node of the easiest
+        # open pair in its share: then no proof comes in the time left, and a racer beside
+        # it (the annealing in `auto`) is better off with the core
+        self.yield_at_root = yield_at_root
 
     def prepare(self, query: ErrorQuery, known: np.ndarray | None, stop: StopSignal | None) -> Setup | ErrorOutcome:
         """The DRA, a sampled witness (or a better one `known` from an earlier search) and the
@@ -360,6 +365,7 @@ class ErrorMilpEngine:
         # the pairs closest to eps first: they settle fastest, and each pair's share of the
         # time is what is left divided by the pairs still waiting, so the hard ones get the rest
         pending = sorted(open_pairs, key=lambda p: p.dra_bound)
+        first = True
         while pending:  # rounds: time a pair left unused goes to the pairs that ran out of it
             cut_short = []
             for position, pair in enumerate(pending):
@@ -369,6 +375,11 @@ class ErrorMilpEngine:
                     cut_short.append(pair)
                 if search.witnessed is not None and search.witnessed > eps:
                     return self._outcome(setup, Verdict.FALSIFIED, "a MILP point, replayed, exceeds eps", None)
+                if first and cut_short and self.yield_at_root and setup.stats["runs"][-1]["nodes"] <= 1:
+                    seconds = setup.stats["runs"][-1]["seconds"]
+                    return self._outcome(setup, Verdict.UNKNOWN, "SCIP did not finish the root node of the easiest "
+                                         f"open (output, sign) pair in its {seconds:.1f} s", None)
+                first = False
             if len(cut_short) == len(pending):
                 break  # nothing settled, so no time was freed for another round
             pending = cut_short
