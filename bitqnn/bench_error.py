@@ -123,7 +123,7 @@ def run_error_benchmark(args: argparse.Namespace) -> int:
         if not args.no_milp:
             _load_milp()  # the complete engine loads before the first query, and a missing one fails now
         x_train, x_test, y_test = _load_data(args.data, args.images)
-        grids = _chosen_grids(args.eps_from, models, bits) if args.eps_from else None
+        grids = read_grids(args.eps_from, models, bits) if args.eps_from else None
     except BenchInputError as error:
         print(f"bitqnn: error: {error}", file=sys.stderr)
         return 2
@@ -253,20 +253,16 @@ def eps_grid(found: list[float], upper: list[float], count: int) -> list[float]:
     return sorted({float(f"{v:.3g}") for v in values})
 
 
-def read_grids(path: str) -> dict[tuple[str, int], list[float]]:
-    """(model, Q) -> eps grid, from a report this benchmark wrote."""
+def read_grids(path: str, models: list[str], bits: list[int]) -> dict[tuple[str, int], list[float]]:
+    """(model, Q) -> eps grid, from a report this benchmark wrote; every model and Q of this
+    run must have one, checked before any work starts."""
     try:
         report = json.loads(Path(path).read_text())
-        return {(m["model"], int(m["bits"])): [float(e) for e in m["eps"]] for m in report["models"]}
+        grids = {(m["model"], int(m["bits"])): [float(e) for e in m["eps"]] for m in report["models"]}
     except OSError as error:
         raise BenchInputError(f"--eps-from {path}: {error.strerror}") from error
     except (ValueError, KeyError, TypeError) as error:
         raise BenchInputError(f"--eps-from {path}: not an errorbound report ({error!r})") from error
-
-
-def _chosen_grids(path: str, models: list[str], bits: list[int]) -> dict[tuple[str, int], list[float]]:
-    """The grids of `path` for every model and Q of this run, checked before any work starts."""
-    grids = read_grids(path)
     for model in models:
         for q in bits:
             if (model, q) not in grids:

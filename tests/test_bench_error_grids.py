@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bitqnn.bench_error import BenchInputError, _chosen_grids, read_grids
+from bitqnn.bench_error import BenchInputError, read_grids
 
 
 def write_report(path, models):
@@ -17,8 +17,7 @@ def write_report(path, models):
 def test_grids_come_back_per_model_and_q(tmp_path):
     path = write_report(tmp_path / "r.json", [{"model": "a.onnx", "bits": 4, "eps": [1.5, 3.0]},
                                               {"model": "a.onnx", "bits": 8, "eps": [0.1, 0.2, 0.4]}])
-    assert read_grids(path) == {("a.onnx", 4): [1.5, 3.0], ("a.onnx", 8): [0.1, 0.2, 0.4]}
-    assert _chosen_grids(path, ["a.onnx"], [8, 4])[("a.onnx", 8)] == [0.1, 0.2, 0.4]
+    assert read_grids(path, ["a.onnx"], [8, 4]) == {("a.onnx", 4): [1.5, 3.0], ("a.onnx", 8): [0.1, 0.2, 0.4]}
 
 
 @pytest.mark.parametrize("content, message", [
@@ -32,5 +31,5 @@ def test_a_bad_report_is_refused_in_one_line(tmp_path, content, message):
     if content is not None:
         path.write_text(content)
     with pytest.raises(BenchInputError) as error:
-        _chosen_grids(str(path), ["a.onnx"], [4, 6])
+        read_grids(str(path), ["a.onnx"], [4, 6])
     assert message in str(error.value) and "\n" not in str(error.value)
